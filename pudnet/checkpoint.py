@@ -1,0 +1,70 @@
+"""Hypernetwork checkpoints: safetensors weights that carry their own config and class split.
+
+``model.safetensors`` metadata (text only) holds ``pudnet_config`` (PudNetConfig JSON) and
+``class_split`` (ClassSplit JSON), so a checkpoint alone rebuilds the model (nanoGPT's
+``model_args``, ghn3's ``config``) and tells evaluation which classes were never seen.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .config import PudNetConfig
+from .data import ClassSplit
+from .model import PudNet
+
+WEIGHTS_FILE = "model.safetensors"
+FORMAT = "pudnet-checkpoint-1"
+
+
+@dataclass
+class LoadedCheckpoint:
+    model: PudNet
+    split: ClassSplit | None
+    metadata: dict[str, str]
+
+
+def save(directory: str | os.PathLike, model: PudNet, split: ClassSplit | None = None,
+         extra: dict[str, str] | None = None) -> Path:
+    """Write ``directory/model.safetensors`` atomically (a crash never leaves a half file)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    metadata = {"format": FORMAT, "pudnet_config": model.cfg.to_json(), **(extra or {})}
+    if split is not None:
+        metadata["class_split"] = split.to_json()
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, directory / WEIGHTS_FILE)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return directory / WEIGHTS_FILE
+
+
+def load(path: str | os.PathLike, device: torch.device | str | None = None) -> LoadedCheckpoint:
+    """Rebuild a PudNet from a checkpoint directory or its ``model.safetensors`` file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / WEIGHTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no PudNet checkpoint at {path}")
+    with safe_open(str(path), framework="pt") as f:
+        metadata = dict(f.metadata() or {})
+        if metadata.get("format") != FORMAT:
+            raise ValueError(f"{path}: not a {FORMAT} file (format={metadata.get('format')!r})")
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    model = PudNet(PudNetConfig.from_json(metadata["pudnet_config"]))
+    model.load_state_dict(state)
+    split = ClassSplit.from_json(metadata["class_split"]) if "class_split" in metadata else None
+    if device is not None:
+        model = model.to(device)
+    return LoadedCheckpoint(model.eval(), split, metadata)

@@ -1,0 +1,134 @@
+"""PudNetConfig: everything needed to rebuild a hypernetwork, stored inside every checkpoint."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+
+ARCHITECTURES = ("convnet", "resnet18")
+HEADS = ("prototype", "generated")
+
+
+@dataclass(frozen=True)
+class PudNetConfig:
+    """The hypernetwork and the target it generates (nanoGPT's GPTConfig, for PudNet).
+
+    ``target_kwargs`` go to the target builder (``pudnet.targets.build``), e.g.
+    ``{"depth": 3, "width": 64}`` for ``convnet``.
+    """
+
+    arch: str = "convnet"               # target network: one of ARCHITECTURES
+    target_kwargs: dict = field(default_factory=lambda: {"depth": 3, "width": 64})
+    max_classes: int = 20               # largest K a generated head supports
+    image_size: int = 32                # images are (image_size, image_size, 3)
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # per-channel normalisation applied to [0, 1] pixels
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    encoder_width: int = 32             # channels of the dataset-sketch image encoder
+    hidden: int = 128                   # AHRU state and sketch size
+    layer_embedding: int = 32           # size of each target layer's descriptor embedding
+    lowrank: int = 8                    # rank of the generated additive kernel term (0 disables it)
+    modulation: float = 0.5             # max relative change the generated channel scales apply to a kernel
+    head: str = "prototype"             # classifier head: class prototypes or generated from class embeddings
+
+    def __post_init__(self):
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"arch={self.arch!r}: expected one of {ARCHITECTURES}")
+        if self.head not in HEADS:
+            raise ValueError(f"head={self.head!r}: expected one of {HEADS}")
+        if not 2 <= self.max_classes <= 1000:
+            raise ValueError(f"max_classes={self.max_classes}: expected 2..1000")
+        if not 8 <= self.image_size <= 512:
+            raise ValueError(f"image_size={self.image_size}: expected 8..512")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(f"mean/std must have 3 entries and std > 0, got {self.mean}, {self.std}")
+        for name in ("encoder_width", "hidden", "layer_embedding"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: expected >= 1")
+        if self.lowrank < 0:
+            raise ValueError(f"lowrank={self.lowrank}: expected >= 0")
+        if not 0 < self.modulation < 1:
+            raise ValueError(f"modulation={self.modulation}: expected in (0, 1)")
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "PudNetConfig":
+        return from_dict(cls, json.loads(text))
+
+
+def _coerce(name: str, value, kind):
+    """Turn a command-line or YAML value into the field's declared type, or raise naming the field."""
+    origin = typing.get_origin(kind)
+    try:
+        if kind is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1", "yes")
+            if not isinstance(value, bool):
+                raise ValueError(value)
+            return value
+        if kind in (int, float):
+            if isinstance(value, bool) or (kind is int and isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            return kind(value)
+        if kind is str:
+            if not isinstance(value, (str, int, float)):
+                raise ValueError(value)
+            return str(value)
+        if origin in (tuple, list):
+            if isinstance(value, str):
+                value = json.loads(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+            args = typing.get_args(kind)
+            item = args[0] if args else str
+            return tuple(_coerce(name, v, item) for v in value)
+        if kind is dict or origin is dict:
+            value = json.loads(value) if isinstance(value, str) else value
+            if not isinstance(value, dict):
+                raise ValueError(value)
+            return dict(value)
+        if dataclasses.is_dataclass(kind):
+            if isinstance(value, kind):
+                return value
+            if not isinstance(value, dict):
+                raise ValueError(value)
+            return from_dict(kind, value)
+    except (TypeError, ValueError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{name}={value!r}: expected {getattr(kind, '__name__', kind)}") from exc
+    raise TypeError(f"{name}: unsupported field type {kind}")
+
+
+def from_dict(cls, values: dict):
+    """Build dataclass ``cls`` from a plain dict (YAML, JSON, asdict), checking types and names.
+
+    Nested dataclass fields take a nested dict. An unknown key raises, listing the known ones.
+    """
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys {sorted(unknown)}; known: {sorted(known)}")
+    return cls(**{k: _coerce(k, v, hints[k]) for k, v in values.items()})
+
+
+def apply_overrides(cfg, overrides: list[str]):
+    """Return ``cfg`` with ``key=value`` strings applied; ``a.b=v`` reaches a nested dataclass field."""
+    values = dataclasses.asdict(cfg)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r}: expected key=value")
+        *path, leaf = key.strip().split(".")
+        node = values
+        for part in path:
+            if not isinstance(node.get(part), dict):
+                raise ValueError(f"override {item!r}: {part!r} is not a nested config")
+            node = node[part]
+        if leaf not in node:
+            raise ValueError(f"override {item!r}: unknown key {key!r}; known: {sorted(node)}")
+        node[leaf] = value
+    return from_dict(type(cfg), values)

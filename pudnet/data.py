@@ -1,0 +1,191 @@
+"""Class banks, class splits, preprocessing and the seeded sub-dataset sampler.
+
+A *class bank* pools labelled images from one or more sources. Meta-training draws
+sub-datasets (K classes x S support + Q query images, PudNet arXiv 2310.11862 Sec. 3)
+from the meta-train classes; evaluation draws them from held-out classes.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class ClassBank:
+    """Images of many classes, possibly from several source datasets.
+
+    Attributes:
+        images: (N, R, R, 3) uint8, every source resized to one resolution R.
+        labels: (N,) int64 index into ``class_names``.
+        class_names: one per class, ``"<source>/<name>"`` so names never collide.
+        class_sources: the source dataset of each class (the part before the ``/``).
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+
+    def __post_init__(self):
+        if self.images.ndim != 4 or self.images.shape[-1] != 3 or self.images.dtype != np.uint8:
+            raise ValueError(f"images must be (N, R, R, 3) uint8, got {self.images.shape} {self.images.dtype}")
+        if self.labels.shape != (len(self.images),):
+            raise ValueError(f"labels must be ({len(self.images)},), got {self.labels.shape}")
+        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)):
+            raise ValueError(f"labels must lie in [0, {len(self.class_names)})")
+
+    @property
+    def class_sources(self) -> tuple[str, ...]:
+        return tuple(name.split("/", 1)[0] for name in self.class_names)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[1])
+
+    def indices_by_class(self) -> list[np.ndarray]:
+        """Row indices of each class, in ``class_names`` order."""
+        order = np.argsort(self.labels, kind="stable")
+        bounds = np.searchsorted(self.labels[order], np.arange(len(self.class_names) + 1))
+        return [order[bounds[c]: bounds[c + 1]] for c in range(len(self.class_names))]
+
+    @staticmethod
+    def concat(banks: Sequence["ClassBank"]) -> "ClassBank":
+        names, offset, labels = [], 0, []
+        for bank in banks:
+            names.extend(bank.class_names)
+            labels.append(bank.labels + offset)
+            offset += len(bank.class_names)
+        if len(set(names)) != len(names):
+            raise ValueError("class names collide across sources")
+        return ClassBank(np.concatenate([b.images for b in banks]), np.concatenate(labels).astype(np.int64),
+                         tuple(names))
+
+
+def to_tensor(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """(N, R, R, 3) uint8 -> (N, 3, R, R) float32 normalised; the one place pixels become inputs."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255)
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+@dataclass(frozen=True)
+class ClassSplit:
+    """Which classes meta-training may see; written next to every checkpoint.
+
+    intra_test: held-out classes of the meta-training sources (intra-dataset setting).
+    inter_test: every class of the left-out sources (inter-dataset setting).
+    """
+
+    meta_train: tuple[str, ...]
+    intra_test: tuple[str, ...]
+    inter_test: tuple[str, ...]
+    seed: int
+
+    def __post_init__(self):
+        seen = set(self.meta_train)
+        leaked = seen & (set(self.intra_test) | set(self.inter_test))
+        if leaked:
+            raise ValueError(f"held-out classes appear in meta_train: {sorted(leaked)}")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ClassSplit":
+        d = json.loads(text)
+        return cls(tuple(d["meta_train"]), tuple(d["intra_test"]), tuple(d["inter_test"]), int(d["seed"]))
+
+
+def split_classes(class_names: Sequence[str], heldout_sources: Sequence[str], intra_fraction: float,
+                  min_intra: int, seed: int) -> ClassSplit:
+    """Seeded class split: left-out sources whole, then a fraction of the remaining classes."""
+    names = sorted(class_names)
+    inter = [n for n in names if n.split("/", 1)[0] in heldout_sources]
+    rest = [n for n in names if n not in set(inter)]
+    n_intra = max(min_intra, round(intra_fraction * len(rest)))
+    if n_intra >= len(rest):
+        raise ValueError(f"{len(rest)} classes outside the left-out sources {list(heldout_sources)}: too few to "
+                         f"hold out {n_intra} and still meta-train; add sources or lower intra_fraction/min_intra")
+    picked = set(np.random.default_rng(seed).choice(len(rest), n_intra, replace=False).tolist())
+    intra = [n for i, n in enumerate(rest) if i in picked]
+    train = [n for i, n in enumerate(rest) if i not in picked]
+    return ClassSplit(tuple(train), tuple(intra), tuple(inter), seed)
+
+
+@dataclass(frozen=True)
+class SubDataset:
+    """One K-way task. Labels are 0..K-1 in ``class_names`` order, which is random per task.
+
+    support_*: what the model (or SGD) learns from, S per class.
+    query_*: Q per class; the meta-training loss, or SGD's validation split in evaluation.
+    test_*: T per class from images never used for support or query; only for reporting.
+    """
+
+    class_names: tuple[str, ...]
+    support_x: np.ndarray
+    support_y: np.ndarray
+    query_x: np.ndarray
+    query_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+class SubDatasetSampler:
+    """Seeded sampler of K-way sub-datasets over a fixed set of classes.
+
+    Each class's images are split once, by ``seed``, into a train pool (support and query) and a
+    test pool (``test_fraction``), so reported test images never feed learning. Task i of a
+    sampler depends only on (seed, i): workers may sample any tasks in any order, or retry them.
+    """
+
+    def __init__(self, bank: ClassBank, classes: Sequence[str], seed: int, test_fraction: float = 0.2,
+                 within_source: bool = False):
+        index = {name: i for i, name in enumerate(bank.class_names)}
+        unknown = [c for c in classes if c not in index]
+        if unknown:
+            raise ValueError(f"classes not in the bank: {unknown[:5]}")
+        if not classes:
+            raise ValueError("no classes to sample from")
+        self.bank, self.seed, self.classes = bank, seed, tuple(classes)
+        self.within_source = within_source
+        rng = np.random.default_rng([seed, 0x5EED])
+        by_class = bank.indices_by_class()
+        self.train_pool, self.test_pool = {}, {}
+        for name in self.classes:
+            rows = rng.permutation(by_class[index[name]])
+            n_test = int(round(test_fraction * len(rows)))
+            self.test_pool[name], self.train_pool[name] = rows[:n_test], rows[n_test:]
+        self.groups = {}
+        for name in self.classes:
+            self.groups.setdefault(name.split("/", 1)[0] if within_source else "", []).append(name)
+
+    def sample(self, index: int, k: int, s: int, q: int, t: int = 0) -> SubDataset:
+        """Task ``index``: K classes in random order, S + Q train-pool and T test-pool images each."""
+        rng = np.random.default_rng([self.seed, index])
+        groups = [g for g in sorted(self.groups) if len(self.groups[g]) >= k]
+        if not groups:
+            raise ValueError(f"no {'source has' if self.within_source else 'pool has'} {k} classes "
+                             f"(sizes: { {g: len(c) for g, c in self.groups.items()} })")
+        pool = self.groups[groups[index % len(groups)]]
+        chosen = [pool[i] for i in rng.choice(len(pool), k, replace=False)]
+        parts = {"support": [], "query": [], "test": []}
+        for name in chosen:
+            train, test = self.train_pool[name], self.test_pool[name]
+            if len(train) < s + q or len(test) < t:
+                raise ValueError(f"{name}: {len(train)} train / {len(test)} test images, need {s + q} / {t}")
+            rows = rng.choice(train, s + q, replace=False)
+            parts["support"].append(rows[:s])
+            parts["query"].append(rows[s:])
+            parts["test"].append(rng.choice(test, t, replace=False))
+        out = {}
+        for part, per_class in parts.items():
+            rows = np.concatenate(per_class).astype(np.int64)
+            out[f"{part}_x"] = self.bank.images[rows]
+            out[f"{part}_y"] = np.repeat(np.arange(k), [len(r) for r in per_class]).astype(np.int64)
+        return SubDataset(tuple(chosen), **out)

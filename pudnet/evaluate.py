@@ -1,0 +1,203 @@
+"""PudNet against no-learning baselines and SGD from scratch, on unseen sub-datasets.
+
+Every method sees the same support images of a task and is scored on the task's test images
+(never used to learn or to stop). SGD/Adam stops early on the task's query images, used as a
+validation split. Weights are always evaluated the same way: BatchNorm statistics recomputed
+on the support set, target run in eval mode (``TargetRunner``).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data import SubDataset, to_tensor
+from .model import PudNet, prototype_head
+from .targets import build
+
+FAST_METHODS = ("random_init", "ncm_pixels", "random_prototype", "pudnet")
+
+
+@dataclass(frozen=True)
+class SGDSettings:
+    """Optimiser for SGD from scratch and for fine-tuning PudNet's prediction."""
+
+    lr: float = 1e-3
+    batch_size: int = 10
+    max_epochs: int = 100
+    patience: int = 10                    # epochs without a better validation accuracy
+    finetune_steps: tuple[int, ...] = (1, 10, 100)
+
+
+@dataclass
+class Point:
+    """A snapshot of SGD from scratch: cumulative learning time and accuracies."""
+
+    step: int
+    seconds: float
+    val: float
+    test: float
+
+
+@dataclass
+class TaskResult:
+    scores: dict[str, tuple[float, float]] = field(default_factory=dict)   # method -> (test accuracy, seconds)
+    sgd_curve: list[Point] = field(default_factory=list)
+
+
+class Evaluator:
+    def __init__(self, model: PudNet, settings: SGDSettings = SGDSettings(), seed: int = 0):
+        self.model, self.settings, self.seed = model.eval(), settings, seed
+        self.cfg, self.runner = model.cfg, model.target
+        self.device = next(model.parameters()).device
+
+    def _tensors(self, task: SubDataset):
+        t = lambda a: to_tensor(a, self.cfg.mean, self.cfg.std).to(self.device)
+        y = lambda a: torch.from_numpy(a).to(self.device)
+        return (t(task.support_x), y(task.support_y)), (t(task.query_x), y(task.query_y)), (t(task.test_x), y(task.test_y))
+
+    @torch.no_grad()
+    def _accuracy(self, weights, x, y) -> float:
+        return float((self.runner(weights, x).argmax(1) == y).float().mean())
+
+    def _net(self, k: int, index: int) -> torch.nn.Module:
+        torch.manual_seed(self.seed * 100_003 + index)
+        return build(self.cfg.arch, k, **self.cfg.target_kwargs).to(self.device)
+
+    def _weights(self, net: torch.nn.Module, support_x) -> dict[str, torch.Tensor]:
+        """The net's parameters with BatchNorm statistics recomputed on the support set."""
+        params = {k: v.detach() for k, v in net.named_parameters()}
+        with torch.no_grad():
+            stats, _ = self.runner.support_pass(params, support_x)
+        return {**params, **stats}
+
+    def run(self, task: SubDataset, index: int, methods: tuple[str, ...]) -> TaskResult:
+        (sx, sy), (qx, qy), (tx, ty) = self._tensors(task)
+        k, out = task.num_classes, TaskResult()
+        if "random_init" in methods:
+            start = time.perf_counter()
+            net = self._net(k, index).eval()
+            seconds = time.perf_counter() - start
+            with torch.no_grad():
+                out.scores["random_init"] = (float((net(tx).argmax(1) == ty).float().mean()), seconds)
+        if "ncm_pixels" in methods:
+            start = time.perf_counter()
+            weight, bias = prototype_head(sx.flatten(1), sy, k, 1.0)
+            pred = (tx.flatten(1) @ weight.t() + bias).argmax(1)
+            out.scores["ncm_pixels"] = (float((pred == ty).float().mean()), time.perf_counter() - start)
+        if "random_prototype" in methods:
+            start = time.perf_counter()
+            weights = self._weights(self._net(k, index), sx)
+            head = self.runner.spec.head.name
+            with torch.no_grad():
+                _, feats = self.runner.support_pass(weights, sx)
+                weights[f"{head}.weight"], weights[f"{head}.bias"] = prototype_head(feats, sy, k, 1.0)
+            out.scores["random_prototype"] = (self._accuracy(weights, tx, ty), time.perf_counter() - start)
+        predicted = None
+        if any(m.startswith("pudnet") for m in methods):
+            start = time.perf_counter()
+            with torch.no_grad():
+                predicted = self.model(sx, sy, k)
+            if torch.accelerator.is_available():
+                torch.accelerator.synchronize()
+            gen_s = time.perf_counter() - start
+            out.scores["pudnet"] = (self._accuracy(predicted, tx, ty), gen_s)
+            steps = [s for s in self.settings.finetune_steps if f"pudnet_ft{s}" in methods]
+            if steps:
+                for step, seconds, weights in self._finetune(predicted, k, index, sx, sy, steps):
+                    out.scores[f"pudnet_ft{step}"] = (self._accuracy(weights, tx, ty), gen_s + seconds)
+        if any(m.startswith("sgd") for m in methods):
+            out.sgd_curve = self._sgd(k, index, (sx, sy), (qx, qy), (tx, ty))
+            epoch_steps = math.ceil(len(sy) / self.settings.batch_size)
+            best = max(out.sgd_curve[1:], key=lambda p: (p.val, -p.step))   # earliest best validation epoch
+            out.scores["sgd_1step"] = (out.sgd_curve[0].test, out.sgd_curve[0].seconds)
+            out.scores["sgd_1epoch"] = next((p.test, p.seconds) for p in out.sgd_curve if p.step == epoch_steps)
+            out.scores["sgd_converged"] = (best.test, best.seconds)
+        return out
+
+    def _batches(self, n: int, index: int):
+        """Endless shuffled minibatch indices, seeded per task."""
+        g = torch.Generator().manual_seed(self.seed * 7919 + index)
+        while True:
+            for chunk in torch.randperm(n, generator=g).split(self.settings.batch_size):
+                yield chunk.to(self.device)
+
+    def _finetune(self, predicted, k, index, sx, sy, steps):
+        """Adam from PudNet's weights; yields (step, seconds, weights) at each requested step."""
+        net = self._net(k, index)
+        net.load_state_dict(predicted)
+        net.train()
+        opt = torch.optim.Adam(net.parameters(), lr=self.settings.lr)
+        batches, elapsed = self._batches(len(sy), index), 0.0
+        for step in range(1, max(steps) + 1):
+            start = time.perf_counter()
+            rows = next(batches)
+            opt.zero_grad()
+            F.cross_entropy(net(sx[rows]), sy[rows]).backward()
+            opt.step()
+            if step in steps:
+                weights = self._weights(net, sx)
+                elapsed += time.perf_counter() - start
+                yield step, elapsed, weights
+            else:
+                elapsed += time.perf_counter() - start
+
+    def _sgd(self, k, index, support, val, test) -> list[Point]:
+        """Adam from a random init: a point after step 1 and after every epoch, early stopping on val."""
+        (sx, sy), (vx, vy), (tx, ty) = support, val, test
+        net = self._net(k, index).train()
+        opt = torch.optim.Adam(net.parameters(), lr=self.settings.lr)
+        batches, epoch_steps = self._batches(len(sy), index), math.ceil(len(sy) / self.settings.batch_size)
+        curve, elapsed, best, since_best = [], 0.0, -1.0, 0
+        for step in range(1, self.settings.max_epochs * epoch_steps + 1):
+            start = time.perf_counter()
+            rows = next(batches)
+            opt.zero_grad()
+            F.cross_entropy(net(sx[rows]), sy[rows]).backward()
+            opt.step()
+            if step != 1 and step % epoch_steps:
+                elapsed += time.perf_counter() - start
+                continue
+            weights = self._weights(net, sx)
+            elapsed += time.perf_counter() - start
+            curve.append(Point(step, elapsed, self._accuracy(weights, vx, vy), self._accuracy(weights, tx, ty)))
+            if step % epoch_steps == 0:
+                best, since_best = (curve[-1].val, 0) if curve[-1].val > best else (best, since_best + 1)
+                if since_best >= self.settings.patience:
+                    break
+        return curve
+
+
+def summarize(results: list[TaskResult]) -> dict[str, dict[str, float]]:
+    """Per method: mean test accuracy, 95% interval half-width (normal approx.), mean seconds."""
+    summary = {}
+    for method in results[0].scores:
+        acc = np.array([r.scores[method][0] for r in results])
+        sec = np.array([r.scores[method][1] for r in results])
+        summary[method] = {"accuracy": float(acc.mean()), "ci95": float(1.96 * acc.std(ddof=1) / math.sqrt(len(acc)))
+                           if len(acc) > 1 else 0.0, "seconds": float(sec.mean()), "tasks": len(acc)}
+    return summary
+
+
+def time_to_equal_accuracy(results: list[TaskResult]) -> dict[str, float | bool]:
+    """How long SGD from scratch takes to match PudNet's mean accuracy, over PudNet's time.
+
+    Uses the mean SGD curve over tasks (a stopped task keeps its last point). If SGD never
+    matches, the ratio is a lower bound (``reached`` False) from SGD's longest mean time.
+    """
+    target = float(np.mean([r.scores["pudnet"][0] for r in results]))
+    pudnet_s = float(np.mean([r.scores["pudnet"][1] for r in results]))
+    length = max(len(r.sgd_curve) for r in results)
+    padded = [r.sgd_curve + [r.sgd_curve[-1]] * (length - len(r.sgd_curve)) for r in results]
+    for i in range(length):
+        acc = float(np.mean([c[i].test for c in padded]))
+        seconds = float(np.mean([c[i].seconds for c in padded]))
+        if acc >= target:
+            return {"ratio": seconds / pudnet_s, "sgd_seconds": seconds, "pudnet_seconds": pudnet_s,
+                    "pudnet_accuracy": target, "sgd_accuracy": acc, "reached": True}
+    return {"ratio": seconds / pudnet_s, "sgd_seconds": seconds, "pudnet_seconds": pudnet_s,
+            "pudnet_accuracy": target, "sgd_accuracy": acc, "reached": False}

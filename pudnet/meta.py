@@ -1,0 +1,38 @@
+"""Meta-training objective: predict weights from a sub-dataset's support set, score its query set."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .data import SubDataset, to_tensor
+from .model import PudNet
+
+
+@dataclass
+class Episode:
+    """A sub-dataset as model-ready tensors on one device."""
+
+    support_x: torch.Tensor   # (K*S, 3, R, R) normalised
+    support_y: torch.Tensor   # (K*S,) int64
+    query_x: torch.Tensor     # (K*Q, 3, R, R)
+    query_y: torch.Tensor     # (K*Q,)
+    num_classes: int
+
+    @classmethod
+    def from_subdataset(cls, sub: SubDataset, model: PudNet) -> "Episode":
+        device = next(model.parameters()).device
+        cfg = model.cfg
+        return cls(to_tensor(sub.support_x, cfg.mean, cfg.std).to(device), torch.from_numpy(sub.support_y).to(device),
+                   to_tensor(sub.query_x, cfg.mean, cfg.std).to(device), torch.from_numpy(sub.query_y).to(device),
+                   sub.num_classes)
+
+
+def episode_loss(model: PudNet, ep: Episode) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy and accuracy on the query set of the target generated from the support set."""
+    weights = model(ep.support_x, ep.support_y, ep.num_classes)
+    logits = model.target(weights, ep.query_x)                       # (K*Q, K)
+    loss = F.cross_entropy(logits, ep.query_y)
+    accuracy = (logits.argmax(1) == ep.query_y).float().mean()
+    return loss, accuracy.detach()

@@ -1,0 +1,218 @@
+"""Target networks whose weights PudNet generates, and their parameter layout.
+
+The builders return ordinary modules whose ``state_dict`` keys are the contract: generated
+weights for ``resnet18`` load into ``torchvision.models.resnet18`` with ``load_state_dict``.
+``TargetSpec`` is the one place that derives each layer's name, kind and shape, from the
+module itself rather than from hand-written tables.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torchvision
+from torch.func import functional_call
+
+KINDS = ("conv", "norm", "linear")
+_KIND_OF = {nn.Conv2d: "conv", nn.BatchNorm2d: "norm", nn.Linear: "linear"}
+
+
+class ConvNet(nn.Module):
+    """conv3x3 -> norm -> ReLU -> maxpool blocks, global average pool, linear head."""
+
+    def __init__(self, channels: list[int], num_classes: int, norm_layer: Callable[[int], nn.Module]):
+        super().__init__()
+        blocks, c_in = OrderedDict(), 3
+        for i, c_out in enumerate(channels, start=1):
+            blocks[f"block{i}"] = nn.Sequential(OrderedDict(
+                conv=nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), norm=norm_layer(c_out),
+                relu=nn.ReLU(inplace=True), pool=nn.MaxPool2d(2)))
+            c_in = c_out
+        self.features = nn.Sequential(blocks)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(c_in, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+def _build_convnet(channels: list[int], num_classes: int,
+                   norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d) -> ConvNet:
+    if not channels or min(channels) < 1:
+        raise ValueError(f"channels={channels}: expected a non-empty list of positive widths")
+    if num_classes < 1:
+        raise ValueError(f"num_classes={num_classes}: expected >= 1")
+    return ConvNet(channels, num_classes, norm_layer)
+
+
+def convnet(depth: int = 3, width: int = 64, num_classes: int = 10) -> ConvNet:
+    """The embedded-default target: ``depth`` blocks of ``width`` channels, for 28-32 px input."""
+    return _build_convnet([width] * depth, num_classes)
+
+
+def resnet18(num_classes: int = 1000) -> nn.Module:
+    """Exactly torchvision's ResNet-18 (random init, nothing downloaded)."""
+    return torchvision.models.resnet18(weights=None, num_classes=num_classes)
+
+
+BUILDERS: dict[str, Callable[..., nn.Module]] = {"convnet": convnet, "resnet18": resnet18}
+
+
+def build(arch: str, num_classes: int, **kwargs) -> nn.Module:
+    if arch not in BUILDERS:
+        raise ValueError(f"arch={arch!r}: expected one of {sorted(BUILDERS)}")
+    return BUILDERS[arch](num_classes=num_classes, **kwargs)
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One module that owns parameters, in forward (registration) order."""
+
+    name: str                  # module path, e.g. "layer1.0.conv1"
+    kind: str                  # one of KINDS
+    weight_shape: tuple[int, ...]
+    has_bias: bool
+
+    @property
+    def fan_in(self) -> int:
+        return 1 if self.kind == "norm" else int(torch.tensor(self.weight_shape[1:]).prod())
+
+    @property
+    def fan_out(self) -> int:
+        return self.weight_shape[0]
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """Names, kinds and shapes of a target's parameters and buffers.
+
+    The last layer must be the linear classifier head; its row count is the class count K
+    and is the only shape that changes between sub-datasets.
+    """
+
+    layers: tuple[LayerSpec, ...]
+    buffers: tuple[tuple[str, tuple[int, ...], torch.dtype], ...]
+
+    @classmethod
+    def from_module(cls, module: nn.Module) -> "TargetSpec":
+        layers = []
+        for name, sub in module.named_modules():
+            own = dict(sub.named_parameters(recurse=False))
+            if not own:
+                continue
+            kind = _KIND_OF.get(type(sub))
+            if kind is None:
+                raise ValueError(f"{name}: {type(sub).__name__} has parameters but no generator kind ({KINDS})")
+            layers.append(LayerSpec(name, kind, tuple(own["weight"].shape), "bias" in own))
+        if not layers or layers[-1].kind != "linear":
+            raise ValueError("the last parameterised layer must be the linear classifier head")
+        buffers = tuple((n, tuple(b.shape), b.dtype) for n, b in module.named_buffers())
+        return cls(tuple(layers), buffers)
+
+    @property
+    def head(self) -> LayerSpec:
+        return self.layers[-1]
+
+    @property
+    def body(self) -> tuple[LayerSpec, ...]:
+        return self.layers[:-1]
+
+    @property
+    def feature_dim(self) -> int:
+        return self.head.weight_shape[1]
+
+    def shapes(self, num_classes: int) -> dict[str, tuple[int, ...]]:
+        """Every state_dict entry's shape for a K-way target."""
+        out = {}
+        for layer in self.layers:
+            weight = (num_classes, *layer.weight_shape[1:]) if layer is self.head else layer.weight_shape
+            out[f"{layer.name}.weight"] = weight
+            if layer.has_bias:
+                out[f"{layer.name}.bias"] = (num_classes,) if layer is self.head else (weight[0],)
+        out.update({name: shape for name, shape, _ in self.buffers})
+        return out
+
+    def check(self, state: dict[str, torch.Tensor], num_classes: int) -> None:
+        """Raise naming every missing, unexpected or mis-shaped entry."""
+        expected = self.shapes(num_classes)
+        problems = [f"missing {k}" for k in expected if k not in state]
+        problems += [f"unexpected {k}" for k in state if k not in expected]
+        problems += [f"{k}: got {tuple(state[k].shape)}, expected {s}"
+                     for k, s in expected.items() if k in state and tuple(state[k].shape) != s]
+        if problems:
+            raise ValueError("generated weights do not match the target: " + "; ".join(problems))
+
+
+class TargetRunner:
+    """Runs a target architecture functionally (``torch.func.functional_call``) on given weights.
+
+    The module lives on the meta device: it holds structure only, every tensor comes from
+    the weights passed in. Forward hooks read BatchNorm inputs and the head's input during a
+    support pass; they are armed per thread, so concurrent callers (Serve replicas) are safe.
+    """
+
+    def __init__(self, arch: str, num_classes: int, **kwargs):
+        with torch.device("meta"):
+            self.module = build(arch, num_classes, **kwargs)
+        self.spec = TargetSpec.from_module(self.module)
+        self._capture = threading.local()
+        self._norms = [(name, sub) for name, sub in self.module.named_modules() if isinstance(sub, nn.BatchNorm2d)]
+        for name, sub in self._norms:
+            sub.register_forward_hook(self._norm_hook(name))
+        self.module.get_submodule(self.spec.head.name).register_forward_pre_hook(self._head_hook)
+
+    def _norm_hook(self, name: str):
+        def hook(module, inputs, output):
+            stats = getattr(self._capture, "stats", None)
+            if stats is not None:  # biased variance: eval() on the support set then equals train()
+                x = inputs[0]
+                stats[f"{name}.running_mean"] = x.mean(dim=(0, 2, 3))
+                stats[f"{name}.running_var"] = x.var(dim=(0, 2, 3), unbiased=False)
+        return hook
+
+    def _head_hook(self, module, inputs):
+        if getattr(self._capture, "stats", None) is not None:
+            self._capture.features = inputs[0]
+
+    def __call__(self, weights: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, K) in eval mode: BatchNorm uses the running statistics in ``weights``.
+
+        Each norm layer's statistics are folded into its affine parameters (mean 0, variance 1
+        left in the buffers): the same function, but differentiable in the statistics, which
+        eval-mode ``batch_norm`` is not.
+        """
+        folded = dict(weights)
+        for name, norm in self._norms:
+            mean, var = weights[f"{name}.running_mean"], weights[f"{name}.running_var"]
+            scale = weights[f"{name}.weight"] * torch.rsqrt(var + norm.eps) * (1 + norm.eps) ** 0.5
+            folded[f"{name}.weight"], folded[f"{name}.bias"] = scale, weights[f"{name}.bias"] - mean * scale
+            folded[f"{name}.running_mean"], folded[f"{name}.running_var"] = torch.zeros_like(mean), torch.ones_like(var)
+        self.module.eval()
+        return functional_call(self.module, folded, (x,))
+
+    def support_pass(self, body: dict[str, torch.Tensor], x: torch.Tensor) -> tuple[dict, torch.Tensor]:
+        """BatchNorm statistics of ``x`` and head-input features (N, F) under ``body`` weights.
+
+        Runs in train mode so each norm layer normalises with ``x``'s own statistics,
+        differentiably; the returned statistics make eval mode reproduce exactly this pass.
+        """
+        head = self.spec.head
+        dummy = {f"{head.name}.weight": x.new_zeros(1, self.spec.feature_dim)}
+        if head.has_bias:
+            dummy[f"{head.name}.bias"] = x.new_zeros(1)
+        buffers = {name: torch.zeros(shape, dtype=dtype, device=x.device) for name, shape, dtype in self.spec.buffers}
+        self._capture.stats = {}
+        try:
+            self.module.train()
+            functional_call(self.module, {**body, **buffers, **dummy}, (x,))
+            stats, features = self._capture.stats, self._capture.features
+        finally:
+            self._capture.stats = None
+            self._capture.features = None
+        stats.update({name: torch.ones((), dtype=dtype, device=x.device)
+                      for name, _, dtype in self.spec.buffers if name.endswith("num_batches_tracked")})
+        return stats, features

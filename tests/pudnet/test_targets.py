@@ -1,0 +1,72 @@
+import pytest
+import torch
+import torchvision
+
+from pudnet import targets
+
+
+@pytest.mark.parametrize("k", [2, 10])
+def test_resnet18_spec_matches_torchvision_state_dict(k):
+    reference = torchvision.models.resnet18(weights=None, num_classes=k).state_dict()
+    spec = targets.TargetSpec.from_module(targets.resnet18(num_classes=7))   # built for another K
+    assert spec.shapes(k) == {name: tuple(t.shape) for name, t in reference.items()}
+    assert len(spec.layers) == 41 and spec.head.name == "fc" and spec.feature_dim == 512
+
+
+def test_convnet_layout_and_forward():
+    net = targets.convnet(depth=3, width=64, num_classes=5)
+    spec = targets.TargetSpec.from_module(net)
+    assert [(l.name, l.kind) for l in spec.layers] == [
+        ("features.block1.conv", "conv"), ("features.block1.norm", "norm"),
+        ("features.block2.conv", "conv"), ("features.block2.norm", "norm"),
+        ("features.block3.conv", "conv"), ("features.block3.norm", "norm"), ("fc", "linear")]
+    assert spec.layers[2].weight_shape == (64, 64, 3, 3) and spec.layers[2].fan_in == 576
+    assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 5)
+
+
+def test_builders_reject_bad_arguments():
+    with pytest.raises(ValueError, match="arch='vgg'"):
+        targets.build("vgg", 5)
+    with pytest.raises(ValueError, match="channels"):
+        targets._build_convnet([], 5)
+    with pytest.raises(ValueError, match="num_classes"):
+        targets.convnet(num_classes=0)
+
+
+def test_check_names_every_problem():
+    spec = targets.TargetSpec.from_module(targets.convnet(num_classes=3))
+    state = targets.convnet(num_classes=3).state_dict()
+    state["fc.weight"] = torch.zeros(4, 64)
+    del state["features.block1.conv.weight"]
+    state["extra"] = torch.zeros(1)
+    with pytest.raises(ValueError) as err:
+        spec.check(state, 3)
+    msg = str(err.value)
+    assert "missing features.block1.conv.weight" in msg and "unexpected extra" in msg and "fc.weight: got (4, 64)" in msg
+
+
+@pytest.mark.parametrize("arch", ["convnet", "resnet18"])
+def test_runner_matches_module_and_support_stats_reproduce_train_mode(arch):
+    torch.manual_seed(0)
+    runner = targets.TargetRunner(arch, 10)
+    net = targets.build(arch, 4)
+    params = dict(net.named_parameters())
+    x = torch.randn(12, 3, 32, 32)
+    stats, features = runner.support_pass(params, x)
+    assert features.shape == (12, runner.spec.feature_dim)
+    weights = {**{k: v.detach() for k, v in params.items()}, **stats}
+    net.load_state_dict(weights)                       # strict: the stats are complete
+    with torch.no_grad():
+        eval_out = net.eval()(x)
+        assert torch.allclose(runner(weights, x), eval_out, atol=1e-3)   # folded norms: rounding only
+        assert torch.allclose(net.train()(x), eval_out, atol=1e-3)   # support statistics == batch statistics
+
+
+def test_runner_eval_is_differentiable_in_the_statistics():
+    runner = targets.TargetRunner("convnet", 5)
+    net = targets.convnet(num_classes=3)
+    weights = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    mean = weights["features.block2.norm.running_mean"].requires_grad_()
+    weights["features.block2.norm.running_mean"] = mean
+    runner(weights, torch.randn(4, 3, 32, 32)).sum().backward()
+    assert mean.grad is not None and mean.grad.abs().sum() > 0
