@@ -201,3 +201,42 @@ def time_to_equal_accuracy(results: list[TaskResult]) -> dict[str, float | bool]
                     "pudnet_accuracy": target, "sgd_accuracy": acc, "reached": True}
     return {"ratio": seconds / pudnet_s, "sgd_seconds": seconds, "pudnet_seconds": pudnet_s,
             "pudnet_accuracy": target, "sgd_accuracy": acc, "reached": False}
+
+
+METHOD_LABELS = {
+    "random_init": "random init (no learning)", "ncm_pixels": "nearest class mean, raw pixels",
+    "random_prototype": "random target net + class-mean head", "pudnet": "PudNet prediction",
+    "pudnet_ft1": "PudNet + 1 fine-tune step", "pudnet_ft10": "PudNet + 10 fine-tune steps",
+    "pudnet_ft100": "PudNet + 100 fine-tune steps", "sgd_1step": "Adam from scratch, 1 step",
+    "sgd_1epoch": "Adam from scratch, 1 epoch", "sgd_converged": "Adam from scratch, to convergence",
+}
+ALL_METHODS = tuple(METHOD_LABELS)
+
+
+def evaluate_tasks(evaluator: Evaluator, tasks, methods: tuple[str, ...] = ALL_METHODS,
+                   progress=None) -> dict:
+    """Run ``methods`` on every task; returns the summary and, when SGD ran, the time ratio.
+
+    ``tasks`` yields SubDatasets; ``progress`` (e.g. tqdm) wraps the iteration if given.
+    """
+    results = [evaluator.run(task, i, methods) for i, task in enumerate(progress(tasks) if progress else tasks)]
+    out = {"methods": summarize(results)}
+    if "pudnet" in out["methods"] and "sgd_converged" in out["methods"]:
+        out["time_to_equal_accuracy"] = time_to_equal_accuracy(results)
+    return out
+
+
+def markdown_table(setting: str, report: dict) -> str:
+    """One Markdown table: method, accuracy +- 95% interval, mean wall seconds per task."""
+    rows = [f"**{setting}** ({next(iter(report['methods'].values()))['tasks']} tasks)", "",
+            "| method | test accuracy (%) | seconds / task |", "|---|---|---|"]
+    for method, r in report["methods"].items():
+        rows.append(f"| {METHOD_LABELS.get(method, method)} | {100 * r['accuracy']:.1f} ± {100 * r['ci95']:.1f} "
+                    f"| {r['seconds']:.4f} |")
+    ratio = report.get("time_to_equal_accuracy")
+    if ratio:
+        bound = "" if ratio["reached"] else "> (SGD never reached PudNet's accuracy; lower bound) "
+        rows += ["", f"Time-to-equal-accuracy ratio: {bound}{ratio['ratio']:.1f} "
+                     f"(SGD {ratio['sgd_seconds']:.3f} s to {100 * ratio['sgd_accuracy']:.1f}% vs PudNet "
+                     f"{ratio['pudnet_seconds']:.4f} s for {100 * ratio['pudnet_accuracy']:.1f}%)"]
+    return "\n".join(rows)

@@ -36,3 +36,25 @@ def episode_loss(model: PudNet, ep: Episode) -> tuple[torch.Tensor, torch.Tensor
     loss = F.cross_entropy(logits, ep.query_y)
     accuracy = (logits.argmax(1) == ep.query_y).float().mean()
     return loss, accuracy.detach()
+
+
+def train_step(model: PudNet, optimizer: torch.optim.Optimizer, episodes: list[Episode],
+               grad_clip: float = 1.0) -> tuple[float, float]:
+    """One optimiser step, gradients accumulated over ``episodes``; returns mean loss and query accuracy.
+
+    A non-finite loss raises instead of corrupting the weights: resume from the last checkpoint
+    with a lower learning rate.
+    """
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    total_loss, total_acc = 0.0, 0.0
+    for ep in episodes:
+        loss, acc = episode_loss(model, ep)
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"non-finite meta-training loss {loss.item()}: resume from the last checkpoint "
+                               "with a lower lr")
+        (loss / len(episodes)).backward()
+        total_loss, total_acc = total_loss + loss.item(), total_acc + acc.item()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return total_loss / len(episodes), total_acc / len(episodes)
