@@ -165,24 +165,31 @@ class SubDatasetSampler:
         for name in self.classes:
             self.groups.setdefault(name.split("/", 1)[0] if within_source else "", []).append(name)
 
+    def eligible(self, s: int, q: int, t: int) -> dict[str, list[str]]:
+        """Per group, the classes with at least S + Q train-pool and T test-pool images."""
+        return {g: [c for c in names if len(self.train_pool[c]) >= s + q and len(self.test_pool[c]) >= t]
+                for g, names in self.groups.items()}
+
     def sample(self, index: int, k: int, s: int, q: int, t: int = 0) -> SubDataset:
-        """Task ``index``: K classes in random order, S + Q train-pool and T test-pool images each."""
+        """Task ``index``: K classes in random order, S + Q train-pool and T test-pool images each.
+
+        Only classes with enough images take part; a group (source, with ``within_source``)
+        takes part if it has K such classes.
+        """
         rng = np.random.default_rng([self.seed, index])
-        groups = [g for g in sorted(self.groups) if len(self.groups[g]) >= k]
+        eligible = self.eligible(s, q, t)
+        groups = [g for g in sorted(eligible) if len(eligible[g]) >= k]
         if not groups:
-            raise ValueError(f"no {'source has' if self.within_source else 'pool has'} {k} classes "
-                             f"(sizes: { {g: len(c) for g, c in self.groups.items()} })")
-        pool = self.groups[groups[index % len(groups)]]
+            raise ValueError(f"no {'source has' if self.within_source else 'pool has'} {k} classes with "
+                             f"{s + q} train and {t} test images (eligible: { {g: len(c) for g, c in eligible.items()} })")
+        pool = eligible[groups[index % len(groups)]]
         chosen = [pool[i] for i in rng.choice(len(pool), k, replace=False)]
         parts = {"support": [], "query": [], "test": []}
         for name in chosen:
-            train, test = self.train_pool[name], self.test_pool[name]
-            if len(train) < s + q or len(test) < t:
-                raise ValueError(f"{name}: {len(train)} train / {len(test)} test images, need {s + q} / {t}")
-            rows = rng.choice(train, s + q, replace=False)
+            rows = rng.choice(self.train_pool[name], s + q, replace=False)
             parts["support"].append(rows[:s])
             parts["query"].append(rows[s:])
-            parts["test"].append(rng.choice(test, t, replace=False))
+            parts["test"].append(rng.choice(self.test_pool[name], t, replace=False))
         out = {}
         for part, per_class in parts.items():
             rows = np.concatenate(per_class).astype(np.int64)

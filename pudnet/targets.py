@@ -22,9 +22,13 @@ _KIND_OF = {nn.Conv2d: "conv", nn.BatchNorm2d: "norm", nn.Linear: "linear"}
 
 
 class ConvNet(nn.Module):
-    """conv3x3 -> norm -> ReLU -> maxpool blocks, global average pool, linear head."""
+    """conv3x3 -> norm -> ReLU -> maxpool blocks, average pool to pool x pool, flatten, linear head.
 
-    def __init__(self, channels: list[int], num_classes: int, norm_layer: Callable[[int], nn.Module]):
+    ``pool`` > 1 keeps a coarse spatial layout in the features (as the Conv-4 backbone of few-shot
+    learning does by flattening); ``pool`` = 1 is global average pooling as in ResNet.
+    """
+
+    def __init__(self, channels: list[int], num_classes: int, norm_layer: Callable[[int], nn.Module], pool: int):
         super().__init__()
         blocks, c_in = OrderedDict(), 3
         for i, c_out in enumerate(channels, start=1):
@@ -33,25 +37,27 @@ class ConvNet(nn.Module):
                 relu=nn.ReLU(inplace=True), pool=nn.MaxPool2d(2)))
             c_in = c_out
         self.features = nn.Sequential(blocks)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(c_in, num_classes)
+        self.avgpool = nn.AdaptiveAvgPool2d(pool)
+        self.fc = nn.Linear(c_in * pool * pool, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.avgpool(self.features(x)), 1))
 
 
-def _build_convnet(channels: list[int], num_classes: int,
+def _build_convnet(channels: list[int], num_classes: int, pool: int = 1,
                    norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d) -> ConvNet:
     if not channels or min(channels) < 1:
         raise ValueError(f"channels={channels}: expected a non-empty list of positive widths")
     if num_classes < 1:
         raise ValueError(f"num_classes={num_classes}: expected >= 1")
-    return ConvNet(channels, num_classes, norm_layer)
+    if pool < 1:
+        raise ValueError(f"pool={pool}: expected >= 1")
+    return ConvNet(channels, num_classes, norm_layer, pool)
 
 
-def convnet(depth: int = 3, width: int = 64, num_classes: int = 10) -> ConvNet:
+def convnet(depth: int = 3, width: int = 64, num_classes: int = 10, pool: int = 1) -> ConvNet:
     """The embedded-default target: ``depth`` blocks of ``width`` channels, for 28-32 px input."""
-    return _build_convnet([width] * depth, num_classes)
+    return _build_convnet([width] * depth, num_classes, pool)
 
 
 def resnet18(num_classes: int = 1000) -> nn.Module:

@@ -76,6 +76,18 @@ def test_within_source_tasks_use_one_source():
         sampler.sample(0, 5, 1, 1)
 
 
+def test_only_classes_with_enough_images_take_part():
+    bank = tiny_bank(sources=("a",), classes=4)
+    keep = (bank.labels != 3) | (np.arange(len(bank.labels)) % 30 < 10)      # class a/3 keeps 10 images
+    small = ClassBank(bank.images[keep], bank.labels[keep], bank.class_names)
+    sampler = SubDatasetSampler(small, small.class_names, seed=0, test_fraction=0.2)
+    assert sampler.eligible(10, 10, 4) == {"": ["a/0", "a/1", "a/2"]}
+    assert all("a/3" not in sampler.sample(i, 3, 10, 10, 4).class_names for i in range(10))
+    assert any("a/3" in sampler.sample(i, 3, 2, 2, 2).class_names for i in range(10))
+    with pytest.raises(ValueError, match="eligible"):
+        sampler.sample(0, 4, 10, 10, 4)
+
+
 def test_to_tensor_normalises_channels_first():
     images = np.full((2, 4, 4, 3), 255, np.uint8)
     x = to_tensor(images, (0.5, 0.5, 0.5), (0.5, 0.25, 0.5))

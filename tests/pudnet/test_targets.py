@@ -70,3 +70,11 @@ def test_runner_eval_is_differentiable_in_the_statistics():
     weights["features.block2.norm.running_mean"] = mean
     runner(weights, torch.randn(4, 3, 32, 32)).sum().backward()
     assert mean.grad is not None and mean.grad.abs().sum() > 0
+
+
+def test_convnet_pool_keeps_a_spatial_layout_in_the_features():
+    net = targets.convnet(depth=3, width=8, num_classes=5, pool=4)
+    assert targets.TargetSpec.from_module(net).feature_dim == 8 * 4 * 4
+    assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 5)
+    with pytest.raises(ValueError, match="pool=0"):
+        targets.convnet(pool=0)
