@@ -1,0 +1,166 @@
+"""``pudnet predict``: send a labelled dataset to a PudNet endpoint (``serve_app``) and save the weights it returns.
+
+    pudnet predict --endpoint http://127.0.0.1:8000 --data pets/ --arch resnet18 --out weights.safetensors
+
+``--data`` is an ImageFolder directory (``<class_name>/<image>``, zipped on the fly), a zip or tar archive of
+one, or an ``.npz`` with ``images`` (N, H, W[, C]) uint8 and ``labels`` (N,) ints; ``--server-path`` instead
+names a dataset the server reads itself (under its allowed roots). The upload is streamed from disk. This
+client needs only ``requests`` and the pudnet package: no Ray.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import BinaryIO
+
+import requests
+
+from .config import ARCHITECTURES
+
+CONTENT_TYPES = {".zip": "application/zip", ".npz": "application/x-npz", ".tar": "application/x-tar",
+                 ".tgz": "application/gzip", ".tar.gz": "application/gzip"}
+
+
+class ClientError(Exception):
+    """A problem the user can fix; ``main`` prints it without a traceback."""
+
+
+def content_type(path: Path) -> str:
+    """The upload's Content-Type from its name; ClientError for anything the server cannot read."""
+    suffix = ".tar.gz" if path.name.lower().endswith(".tar.gz") else path.suffix.lower()
+    if suffix not in CONTENT_TYPES:
+        raise ClientError(f"--data {path}: expected a directory or one of {sorted(CONTENT_TYPES)}")
+    if suffix == ".npz":
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = set(z.namelist())
+        except zipfile.BadZipFile as e:
+            raise ClientError(f"--data {path}: not a readable .npz ({e})") from e
+        if not {"images.npy", "labels.npy"} <= names:
+            raise ClientError(f"--data {path}: the npz holds {sorted(names)}; expected arrays 'images' and "
+                              "'labels' (numpy.savez(path, images=..., labels=...))")
+    return CONTENT_TYPES[suffix]
+
+
+def pack_folder(root: Path, out: BinaryIO) -> int:
+    """Zip ``root/<class_name>/**/<file>`` into ``out``, hidden files skipped, and return the file count.
+
+    Stored, not deflated: JPEG/PNG are compressed already. ClientError if fewer than 2 class folders hold files.
+    """
+    if not root.is_dir():
+        raise ClientError(f"--data {root}: no such directory")
+    files: dict[str, list[Path]] = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        inside = [p for p in sorted(folder.rglob("*")) if p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+        if inside:
+            files[folder.name] = inside
+    if len(files) < 2:
+        raise ClientError(f"--data {root}: {len(files)} class folder(s) with files {sorted(files)}; expected at "
+                          f"least 2, laid out as {root}/<class_name>/<image>")
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
+        for paths in files.values():
+            for path in paths:
+                archive.write(path, path.relative_to(root).as_posix())
+    return sum(len(paths) for paths in files.values())
+
+
+def safetensors_metadata(path: Path) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file: an 8-byte little-endian header length, then JSON."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        return json.loads(f.read(size)).get("__metadata__", {})
+
+
+def predict(endpoint: str, out: Path, arch: str, out_format: str, data: Path | None = None,
+            server_path: str | None = None, timeout_s: float = 600) -> Path:
+    """POST the dataset, write the response to ``out`` atomically; ClientError with the server's message."""
+    url = endpoint.rstrip("/") + "/v1/predict"
+    with contextlib.ExitStack() as stack:
+        body, headers = _request_body(data, server_path, stack)
+        try:
+            response = requests.post(url, params={"arch": arch, "format": out_format}, data=body, headers=headers,
+                                     stream=True, timeout=(10, timeout_s))
+        except requests.ConnectionError as e:  # also an upload the server cut off (too large) before reading it all
+            raise ClientError(f"cannot reach {url} or the connection broke: is the server up, the endpoint "
+                              f"right and the upload within the server's max_upload_bytes? ({e})") from e
+        except requests.Timeout as e:
+            raise ClientError(f"{url} did not answer within {timeout_s} s; raise --timeout") from e
+    with response:
+        if response.status_code != 200:
+            raise ClientError(f"server refused the request ({response.status_code}): {_error_text(response)}")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for chunk in response.iter_content(1 << 20):
+                    f.write(chunk)
+            os.replace(tmp, out)
+        except requests.RequestException as e:
+            raise ClientError(f"the download from {url} broke off: {e}") from e
+        finally:
+            if os.path.exists(tmp):  # only after a failure: os.replace moved it
+                os.remove(tmp)
+    return out
+
+
+def _request_body(data: Path | None, server_path: str | None,
+                  stack: contextlib.ExitStack) -> tuple[bytes | BinaryIO, dict[str, str]]:
+    """The body to stream (an open file, never the whole dataset in memory) and its Content-Type."""
+    if server_path is not None:
+        return json.dumps({"path": server_path}).encode(), {"Content-Type": "application/json"}
+    if data.is_dir():
+        packed = stack.enter_context(tempfile.TemporaryFile())
+        pack_folder(data, packed)
+        packed.seek(0)
+        return packed, {"Content-Type": "application/zip"}
+    if data.is_file():
+        kind = content_type(data)
+        return stack.enter_context(open(data, "rb")), {"Content-Type": kind}
+    raise ClientError(f"--data {data}: no such file or directory")
+
+
+def _error_text(response: requests.Response) -> str:
+    try:
+        body = response.json()
+        return f"{body.get('error', 'error')}: {body.get('detail', body)}"
+    except ValueError:
+        return response.text[:500]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pudnet", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("predict", help="generate target weights for a labelled dataset")
+    p.add_argument("--endpoint", required=True, help="server URL, e.g. http://127.0.0.1:8000")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", type=Path, help="ImageFolder directory, .zip/.tar/.tar.gz/.tgz archive, or .npz")
+    source.add_argument("--server-path", help="a dataset path/URI the server reads (under its allowed roots)")
+    p.add_argument("--arch", choices=ARCHITECTURES, default="convnet", help="target architecture")
+    p.add_argument("--out", type=Path, required=True, help="where to write the weights")
+    p.add_argument("--format", choices=("safetensors", "pt"), help="default: pt if --out ends in .pt")
+    p.add_argument("--timeout", type=float, default=600, help="seconds to wait for the answer")
+    args = parser.parse_args(argv)
+    out_format = args.format or ("pt" if args.out.suffix == ".pt" else "safetensors")
+    try:
+        out = predict(args.endpoint, args.out, args.arch, out_format, args.data, args.server_path, args.timeout)
+    except ClientError as e:
+        print(f"pudnet: error: {e}", file=sys.stderr)
+        return 1
+    summary = f"wrote {out} ({out.stat().st_size} bytes)"
+    if out_format == "safetensors":
+        meta = safetensors_metadata(out)
+        summary += (f": {meta.get('architecture')} for classes {json.loads(meta.get('class_names', '[]'))}, "
+                    f"self-check accuracy {meta.get('self_check_accuracy') or 'n/a (too few images per class)'}")
+    print(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
