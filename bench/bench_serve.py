@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--settle", type=float, default=90, help="seconds to wait for scale-down at most")
     parser.add_argument("--out", type=Path, help="Markdown file for the results")
     args = parser.parse_args(argv)
+    load = f"1-minute load average before the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.checkpoint or checkpoint.save(tmp, PudNet(PudNetConfig(arch=args.arch, target_kwargs={})).eval())
         size = checkpoint.load(ckpt).model.cfg.image_size
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
             buffer = io.BytesIO()
             np.savez(buffer, images=images, labels=labels, class_names=np.array(names))
             results, notes = bench_serve(args, Path(ckpt), buffer.getvalue())
-    text = report(args, results, notes)
+    text = report(args, results, [load, *notes])
     print(text)
     if args.out:
         args.out.write_text(text)
