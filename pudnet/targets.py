@@ -158,14 +158,17 @@ class TargetRunner:
 
     The module lives on the meta device: it holds structure only, every tensor comes from
     the weights passed in. Forward hooks read BatchNorm inputs and the head's input during a
-    support pass; they are armed per thread, so concurrent callers (Serve replicas) are safe.
+    support pass. ``functional_call`` swaps tensors into the one shared module, so calls hold a
+    lock: concurrent callers (threads of a Serve replica) are safe and run one at a time.
     """
 
     def __init__(self, arch: str, num_classes: int, **kwargs):
         with torch.device("meta"):
             self.module = build(arch, num_classes, **kwargs)
         self.spec = TargetSpec.from_module(self.module)
-        self._capture = threading.local()
+        self._lock = threading.Lock()
+        self._stats: dict | None = None          # armed by support_pass, filled by the hooks
+        self._features: torch.Tensor | None = None
         self._norms = [(name, sub) for name, sub in self.module.named_modules() if isinstance(sub, nn.BatchNorm2d)]
         for name, sub in self._norms:
             sub.register_forward_hook(self._norm_hook(name))
@@ -173,16 +176,15 @@ class TargetRunner:
 
     def _norm_hook(self, name: str):
         def hook(module, inputs, output):
-            stats = getattr(self._capture, "stats", None)
-            if stats is not None:  # biased variance: eval() on the support set then equals train()
+            if self._stats is not None:  # biased variance: eval() on the support set then equals train()
                 x = inputs[0]
-                stats[f"{name}.running_mean"] = x.mean(dim=(0, 2, 3))
-                stats[f"{name}.running_var"] = x.var(dim=(0, 2, 3), unbiased=False)
+                self._stats[f"{name}.running_mean"] = x.mean(dim=(0, 2, 3))
+                self._stats[f"{name}.running_var"] = x.var(dim=(0, 2, 3), unbiased=False)
         return hook
 
     def _head_hook(self, module, inputs):
-        if getattr(self._capture, "stats", None) is not None:
-            self._capture.features = inputs[0]
+        if self._stats is not None:
+            self._features = inputs[0]
 
     def __call__(self, weights: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """Logits (N, K) in eval mode: BatchNorm uses the running statistics in ``weights``.
@@ -197,8 +199,9 @@ class TargetRunner:
             scale = weights[f"{name}.weight"] * torch.rsqrt(var + norm.eps) * (1 + norm.eps) ** 0.5
             folded[f"{name}.weight"], folded[f"{name}.bias"] = scale, weights[f"{name}.bias"] - mean * scale
             folded[f"{name}.running_mean"], folded[f"{name}.running_var"] = torch.zeros_like(mean), torch.ones_like(var)
-        self.module.eval()
-        return functional_call(self.module, folded, (x,))
+        with self._lock:
+            self.module.eval()
+            return functional_call(self.module, folded, (x,))
 
     def support_pass(self, body: dict[str, torch.Tensor], x: torch.Tensor) -> tuple[dict, torch.Tensor]:
         """BatchNorm statistics of ``x`` and head-input features (N, F) under ``body`` weights.
@@ -211,14 +214,14 @@ class TargetRunner:
         if head.has_bias:
             dummy[f"{head.name}.bias"] = x.new_zeros(1)
         buffers = {name: torch.zeros(shape, dtype=dtype, device=x.device) for name, shape, dtype in self.spec.buffers}
-        self._capture.stats = {}
-        try:
-            self.module.train()
-            functional_call(self.module, {**body, **buffers, **dummy}, (x,))
-            stats, features = self._capture.stats, self._capture.features
-        finally:
-            self._capture.stats = None
-            self._capture.features = None
+        with self._lock:
+            self._stats = {}
+            try:
+                self.module.train()
+                functional_call(self.module, {**body, **buffers, **dummy}, (x,))
+                stats, features = self._stats, self._features
+            finally:
+                self._stats, self._features = None, None
         stats.update({name: torch.ones((), dtype=dtype, device=x.device)
                       for name, _, dtype in self.spec.buffers if name.endswith("num_batches_tracked")})
         return stats, features

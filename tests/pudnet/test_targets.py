@@ -78,3 +78,16 @@ def test_convnet_pool_keeps_a_spatial_layout_in_the_features():
     assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 5)
     with pytest.raises(ValueError, match="pool=0"):
         targets.convnet(pool=0)
+
+
+def test_runner_is_safe_to_call_from_many_threads():
+    from concurrent.futures import ThreadPoolExecutor
+    torch.manual_seed(0)
+    runner = targets.TargetRunner("convnet", 5, width=8)
+    params = dict(targets.convnet(width=8, num_classes=3).named_parameters())
+    inputs = [torch.randn(6, 3, 16, 16) for _ in range(16)]
+    with torch.no_grad():
+        expected = [runner.support_pass(params, x)[1] for x in inputs]
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(lambda x: runner.support_pass(params, x)[1], inputs))
+    assert all(torch.equal(a, b) for a, b in zip(expected, got))
