@@ -1,0 +1,38 @@
+import numpy as np
+
+from pudnet.augment import augment
+from pudnet.data import SubDataset
+
+
+def task():
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 2)
+    images = rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
+    return SubDataset(("a/0", "a/1", "a/2"), images, y, images.copy(), y, images.copy(), y)
+
+
+def test_class_transform_is_shared_by_support_query_and_test_of_the_class():
+    sub = task()
+    out = augment(sub, np.random.default_rng(1), p_class=1.0, max_shift=0)
+    assert np.array_equal(out.support_y, sub.support_y) and out.num_classes == 3
+    for c in range(3):
+        rows = sub.support_y == c
+        assert np.array_equal(out.support_x[rows], out.query_x[rows]) and np.array_equal(out.test_x[rows], out.query_x[rows])
+        assert not np.array_equal(out.support_x[rows], sub.support_x[rows])       # every class transformed
+        assert "@rot" in out.class_names[c]
+    turns = int(out.class_names[2].split("@rot")[1].split("-")[0]) // 90
+    expected = np.rot90(sub.support_x[sub.support_y == 2], turns, axes=(1, 2))
+    if out.class_names[2].endswith("-inv"):
+        expected = 255 - expected
+    assert np.array_equal(out.support_x[sub.support_y == 2], expected)
+    assert np.array_equal(sub.support_x, task().support_x)                      # input untouched
+
+
+def test_shift_moves_pixels_but_keeps_shape_and_is_seeded():
+    sub = task()
+    a = augment(sub, np.random.default_rng(5), p_class=0.0, max_shift=2)
+    b = augment(sub, np.random.default_rng(5), p_class=0.0, max_shift=2)
+    assert a.class_names == sub.class_names and a.support_x.shape == sub.support_x.shape
+    assert np.array_equal(a.support_x, b.support_x) and not np.array_equal(a.support_x, sub.support_x)
+    still = augment(sub, np.random.default_rng(5), p_class=0.0, max_shift=0)
+    assert np.array_equal(still.support_x, sub.support_x)
