@@ -117,11 +117,8 @@ def bench_direct(args, ckpt: Path, images, labels, names) -> tuple[list[dict], l
     device = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
     model = checkpoint.load(ckpt, device).model
 
-    lock = threading.Lock()  # as in a replica: the target module is shared, so one forward at a time
-
     def call(_session) -> None:
-        with lock:
-            predict(model, images, labels, names)
+        predict(model, images, labels, names)
     for _ in range(3):  # warm-up: kernel selection and allocator growth
         call(None)
     results = [run_level(call, clients, args.requests, args.duration) for clients in args.levels]

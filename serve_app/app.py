@@ -9,7 +9,6 @@ changes; routes only read, validate and shape, around the pure ``PudNetServer.pr
 """
 import asyncio
 import io
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
@@ -91,7 +90,6 @@ class PudNetServer:
         self.device = torch.accelerator.current_accelerator() if ray.get_gpu_ids() else None
         self.models = {arch: load_served(arch, uri, self.device) for arch, uri in args.checkpoints.items()}
         self.compute = ThreadPoolExecutor(1, thread_name_prefix="pudnet")  # queued requests wait, /healthz doesn't
-        self.generating = threading.Lock()  # functional_call swaps the shared target's tensors: one forward at a time
 
     async def reconfigure(self, user_config: dict) -> None:
         """Load only changed checkpoints, off the event loop so requests keep flowing, then swap at once."""
@@ -116,9 +114,7 @@ class PudNetServer:
             validate_dataset(served.model, bank.images, bank.labels, bank.class_names)
         except ValueError as e:
             raise BadInput(400, "invalid_dataset", str(e)) from e
-        with self.generating:  # handle calls may run on other threads than the compute one
-            return predict(served.model, bank.images, bank.labels, bank.class_names,
-                           checkpoint_id=served.checkpoint_id)
+        return predict(served.model, bank.images, bank.labels, bank.class_names, checkpoint_id=served.checkpoint_id)
 
     @app.post("/v1/predict", response_class=Response, responses=PREDICT_RESPONSES, openapi_extra=PREDICT_BODY)
     async def predict_http(self, request: Request, arch: Arch = "convnet",
