@@ -1,0 +1,247 @@
+"""Convert an image source into pudnet's class-partitioned Parquet shards (``pudnet/shards.py``) with Ray Data.
+
+    python jobs/prepare_data.py ilsvrc /data/ILSVRC2012 --out s3://BUCKET/shards/imagenet-112px --image-size 112
+    python jobs/prepare_data.py folder ~/pets --out ~/.cache/pudnet/shards/pets-32px
+    python jobs/prepare_data.py embedded --out ~/.cache/pudnet/shards      # the embedded default sources
+    ray job submit --working-dir . -- python jobs/prepare_data.py ilsvrc s3://BUCKET/ILSVRC2012 --out s3://...
+
+``ilsvrc`` reads ``train/<wnid>/*.JPEG`` (meta-training images) and ``val/`` (kept as test images): class
+folders, or flat files labelled by ``--val-labels`` (default ``ROOT/LOC_val_solution.csv``; lines
+``<image id>[,| ]<wnid> ...``). ``folder`` reads ``ROOT/<class>/**/<image>``, keeping ``--test-fraction``
+of each class as test images. Paths may be any URI pyarrow opens. CPU tasks read, decode and resize
+(``pudnet.datasets.decode_labelled_images``, the one decoder) and write shards; the driver only sees
+file names. Unreadable images are skipped, counted and logged. Re-running with the same settings is a
+no-op; a crash leaves no shard that the manifest lists.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import ray
+
+from pudnet.datasets import CACHE_VERSION, SOURCES, SourceUnavailable, decode_labelled_images, load_class_bank
+from pudnet.shards import (Manifest, absolute, commit, filesystem, join, new_parts_dir, pick_test_images, read_manifest,
+                           shard_path, shard_table, up_to_date, write_bank, write_table)
+
+BLOCK_ROWS = 1024   # images per Ray Data block (and at most per shard file)
+
+
+def _list(root: str, recursive: bool = True) -> list[pafs.FileInfo]:
+    fs, base = filesystem(root)
+    infos = fs.get_file_info(pafs.FileSelector(base, recursive=recursive))
+    return sorted((i for i in infos if not any(p.startswith(".") for p in i.path[len(base):].split("/"))),
+                  key=lambda i: i.path)
+
+
+def _class_files(root: str) -> dict[str, list[str]]:
+    """{class folder name: sorted file paths below it}; ValueError if ``root`` has no class folder."""
+    fs, base = filesystem(root)
+    top = _list(root, recursive=False)
+    classes = {i.base_name: [] for i in top if i.type == pafs.FileType.Directory}
+    if not classes:
+        raise ValueError(f"{root!r} has no class folders; expected {root}/<class_name>/<image>")
+    scheme = root[:root.index("://") + 3] if "://" in root else ""
+    for info in _list(root):
+        name = info.path[len(base):].strip("/").split("/", 1)[0]
+        if info.type == pafs.FileType.File and name in classes and "/" in info.path[len(base):].strip("/"):
+            classes[name].append(scheme + info.path)
+    return classes
+
+
+def list_folder(root: str, test_fraction: float, seed: int, max_per_class: int | None) -> dict[tuple[str, str], list]:
+    """{(class folder, split): file paths}: each class's first ``max_per_class`` files, a seeded share as test."""
+    out = {}
+    for name, paths in _class_files(root).items():
+        paths = paths[:max_per_class]
+        is_test = pick_test_images(name, len(paths), test_fraction, seed)
+        out[(name, "train")] = [p for p, t in zip(paths, is_test) if not t]
+        out[(name, "test")] = [p for p, t in zip(paths, is_test) if t]
+    return out
+
+
+def list_ilsvrc(root: str, val_labels: str | None, max_per_class: int | None) -> dict[tuple[str, str], list]:
+    """{(wnid, split): file paths}: ``train/`` as train images, ``val/`` as test images."""
+    out = {(wnid, "train"): paths[:max_per_class] for wnid, paths in _class_files(join(root, "train")).items()}
+    val_dirs = [i for i in _list(join(root, "val"), recursive=False) if i.type == pafs.FileType.Directory]
+    if val_dirs:
+        val = _class_files(join(root, "val"))
+    else:
+        fs, path = filesystem(val_labels or join(root, "LOC_val_solution.csv"))
+        with fs.open_input_stream(path) as f:
+            rows = [line.replace(",", " ").split() for line in f.read().decode().splitlines()]
+        label = {r[0].rsplit(".", 1)[0]: r[1] for r in rows if len(r) > 1 and r[0] != "ImageId"}
+        scheme = root[:root.index("://") + 3] if "://" in root else ""
+        val = {}
+        for info in _list(join(root, "val"), recursive=False):
+            val.setdefault(label.get(info.base_name.rsplit(".", 1)[0], "?"), []).append(scheme + info.path)
+        if "?" in val:
+            print(f"prepare: {len(val.pop('?'))} val images have no label in {path}; skipped", flush=True)
+    unknown = sorted(set(val) - {wnid for wnid, _ in out})
+    if unknown:
+        raise ValueError(f"val/ has classes absent from train/: {unknown[:5]}")
+    out.update({(wnid, "test"): paths for wnid, paths in val.items()})
+    return out
+
+
+def decode_and_write(batch: dict[str, np.ndarray], out: str, parts: str, image_size: int,
+                     source: str, classes: list[str]) -> dict[str, np.ndarray]:
+    """Decode a batch of listed images and write one shard file per (class, split) in it.
+
+    Returns one row per file written and one per unreadable image (``skipped`` = its path).
+    """
+    groups, skipped = {}, []
+    for path, label, split, index in zip(batch["path"], batch["label"], batch["split"], batch["index"]):
+        try:
+            fs, inner = filesystem(str(path))
+            with fs.open_input_file(inner) as f:
+                bank, _ = decode_labelled_images([(classes[label], str(path), f.read())], image_size, source)
+        except (OSError, ValueError):   # unreadable file, or decode_labelled_images found no readable image
+            skipped.append(str(path))
+            continue
+        groups.setdefault((int(label), str(split)), []).append((bank.images[0], str(path), int(index)))
+    rows = {"file": [], "label": [], "split": [], "rows": [], "skipped": []}
+    for (label, split), items in groups.items():
+        images, keys, indices = zip(*items)
+        table = shard_table(np.stack(images), label, f"{source}/{classes[label]}", split, indices, keys)
+        entry = write_table(out, shard_path(parts, label, split, indices[0]), table)
+        for key, value in (("file", entry["path"]), ("label", label), ("split", split), ("rows", entry["rows"]),
+                           ("skipped", "")):
+            rows[key].append(value)
+    for path in skipped:
+        for key, value in (("file", ""), ("label", -1), ("split", ""), ("rows", 0), ("skipped", path)):
+            rows[key].append(value)
+    return {k: np.array(v, dtype=object if k in ("file", "split", "skipped") else np.int64) for k, v in rows.items()}
+
+
+def prepare_listing(listing: dict[tuple[str, str], list], out: str, source: str, image_size: int,
+                    fingerprint: dict, overwrite: bool = False) -> Manifest:
+    """Decode and write every listed image with Ray Data tasks, then commit the manifest."""
+    classes = sorted({name for name, _ in listing})
+    fingerprint = {**fingerprint, "image_size": image_size, "images": sum(map(len, listing.values()))}
+    existing = up_to_date(out, fingerprint, overwrite)
+    if existing is not None:
+        print(f"prepare: {out} is up to date ({sum(f['rows'] for f in existing.files)} images)", flush=True)
+        return existing
+    columns = {"path": [], "label": [], "split": [], "index": []}
+    for (name, split), paths in sorted(listing.items()):
+        for i, path in enumerate(paths):
+            for key, value in zip(columns, (path, classes.index(name), split, i)):
+                columns[key].append(value)
+    table = pa.table(columns)
+    blocks = [table.slice(i, BLOCK_ROWS) for i in range(0, max(len(table), 1), BLOCK_ROWS)]
+    parts = new_parts_dir()
+    written = ray.data.from_arrow(blocks).map_batches(
+        decode_and_write, batch_size=BLOCK_ROWS, batch_format="numpy",
+        fn_kwargs=dict(out=out, parts=parts, image_size=image_size, source=source, classes=classes)).take_all()
+    files = [{"path": r["file"], "label": int(r["label"]), "split": r["split"], "rows": int(r["rows"])}
+             for r in written if r["file"]]
+    skipped = sorted(r["skipped"] for r in written if r["skipped"])
+    if skipped:
+        print(f"prepare: skipped {len(skipped)} unreadable images: {skipped[:20]}", flush=True)
+    manifest = commit(out, Manifest(source, image_size, [f"{source}/{c}" for c in classes], files, fingerprint,
+                                    skipped))
+    counts = manifest.counts()
+    print(f"prepare: {out}: {len(counts)} classes, {sum(c['train'] for c in counts.values())} train and "
+          f"{sum(c['test'] for c in counts.values())} test images, {len(skipped)} skipped", flush=True)
+    return manifest
+
+
+def embedded_root(data_dir: str, source: str, image_size: int, max_per_class: int | None) -> str:
+    return join(data_dir, f"{source}-{image_size}px-{max_per_class or 'all'}")
+
+
+def _embedded_fingerprint(source: str, image_size: int, max_per_class: int | None) -> dict:
+    return {"kind": "embedded", "source": source, "image_size": image_size, "max_per_class": max_per_class,
+            "cache_version": CACHE_VERSION}
+
+
+def _prepare_embedded_batch(batch: dict[str, np.ndarray], data_dir: str, image_size: int, max_per_class: int | None,
+                            test_fraction: float, seed: int) -> dict[str, np.ndarray]:
+    source, root = str(batch["source"][0]), str(batch["root"][0])
+    try:
+        bank, _ = load_class_bank([source], image_size, max_per_class)
+    except SourceUnavailable as e:
+        return {"source": np.array([source]), "status": np.array([f"absent: {e}"])}
+    manifest = write_bank(bank, root, source, _embedded_fingerprint(source, image_size, max_per_class),
+                          test_fraction, seed, overwrite=True)
+    return {"source": np.array([source]), "status": np.array([f"{len(manifest.classes)} classes"])}
+
+
+def prepare_embedded(sources: list[str], data_dir: str, image_size: int, max_per_class: int | None,
+                     test_fraction: float = 0.2, seed: int = 0) -> dict[str, str]:
+    """Shard each embedded source (one Ray task each) unless done; returns {source: its shard dir}.
+
+    Sources whose packages are missing are reported and left out.
+    """
+    roots = {s: embedded_root(data_dir, s, image_size, max_per_class) for s in sources}
+    todo = []
+    for source, root in roots.items():
+        manifest = read_manifest(root)
+        expected = {**_embedded_fingerprint(source, image_size, max_per_class), "test_fraction": test_fraction,
+                    "seed": seed}
+        if manifest is None or manifest.fingerprint != expected:
+            todo.append({"source": source, "root": root})
+    if todo:
+        print(f"prepare: writing shards of {[t['source'] for t in todo]} to {data_dir}", flush=True)
+        results = ray.data.from_items(todo, override_num_blocks=len(todo)).map_batches(
+            _prepare_embedded_batch, batch_size=1, fn_kwargs=dict(data_dir=data_dir, image_size=image_size,
+                                                                  max_per_class=max_per_class,
+                                                                  test_fraction=test_fraction, seed=seed)).take_all()
+        for r in results:
+            print(f"prepare: {r['source']}: {r['status']}", flush=True)
+            if r["status"].startswith("absent"):
+                roots.pop(r["source"])
+    return roots
+
+
+def prepare_sources(sources: list[str], data_dir: str, image_size: int, max_per_class: int | None,
+                    test_fraction: float = 0.2) -> list[str]:
+    """Each source's shard directory: embedded ones written into data_dir on first use (absent ones left out),
+    others taken as shard directories (a URI, an absolute path, or a folder of data_dir)."""
+    prepared = prepare_embedded([s for s in sources if s in SOURCES], data_dir, image_size, max_per_class,
+                                test_fraction)
+    return [prepared[s] if s in SOURCES else absolute(s if "://" in s or os.path.isabs(s) else join(data_dir, s))
+            for s in sources if s in prepared or s not in SOURCES]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("kind", choices=("ilsvrc", "folder", "embedded"))
+    parser.add_argument("root", nargs="?", help="source folder or URI (ilsvrc, folder)")
+    parser.add_argument("--out", required=True, help="shard directory (embedded: the data_dir, one folder per source)")
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--max-per-class", type=int, default=None)
+    parser.add_argument("--test-fraction", type=float, default=0.2, help="folder/embedded: test images per class")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--source", help="class-name prefix (default: the root folder's name; ilsvrc: imagenet)")
+    parser.add_argument("--sources", default=",".join(SOURCES), help="embedded: comma-separated source names")
+    parser.add_argument("--val-labels", help="ilsvrc: label file for a flat val/ folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace shards made with other settings")
+    args = parser.parse_args(argv)
+    if args.kind != "embedded" and not args.root:
+        parser.error(f"{args.kind} needs ROOT, the source folder or URI")
+    if not ray.is_initialized():
+        ray.init()   # RAY_ADDRESS (set by `ray job submit`), a `ray start` cluster on this machine, else a new one
+    if args.kind == "embedded":
+        prepare_embedded(args.sources.split(","), args.out, args.image_size, args.max_per_class, args.test_fraction,
+                         args.seed)
+        return
+    root = args.root.rstrip("/")
+    if args.kind == "ilsvrc":
+        listing = list_ilsvrc(root, args.val_labels, args.max_per_class)
+        fingerprint = {"kind": "ilsvrc", "root": root, "max_per_class": args.max_per_class}
+    else:
+        listing = list_folder(root, args.test_fraction, args.seed, args.max_per_class)
+        fingerprint = {"kind": "folder", "root": root, "max_per_class": args.max_per_class,
+                       "test_fraction": args.test_fraction, "seed": args.seed}
+    source = args.source or ("imagenet" if args.kind == "ilsvrc" else root.rsplit("/", 1)[-1])
+    prepare_listing(listing, args.out, source, args.image_size, fingerprint, args.overwrite)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""Meta-train PudNet (arXiv 2310.11862) on Ray: Ray Data streams sub-datasets from shards to Ray Train DDP workers.
+
+    python jobs/train.py                     # embedded default: local Ray cluster, 2 CPU workers, then evaluation
+    python jobs/train.py --smoke-test        # tiny config, 2 workers, a few steps: about a minute on 2 cores
+    python jobs/train.py --config cluster/configs/single_gpu.yaml steps=20000 model.hidden=256
+    ray job submit --working-dir . -- python jobs/train.py --config cluster/configs/imagenet_resnet18.yaml
+
+Embedded sources are written as shards into ``data_dir`` on first use (``jobs/prepare_data.py embedded``);
+other sources are shard directories prepared with ``jobs/prepare_data.py``. Re-running with the same
+``name`` and ``storage_path`` resumes from the run's latest checkpoint. Progress lines start with
+``[pudnet]``; every report also goes to ``<storage_path>/<name>/metrics.jsonl`` and the Ray dashboard.
+
+Ray 2.60 enables token authentication: start every node and submit with ``RAY_AUTH_MODE=token`` and the
+cluster's token (``RAY_AUTH_TOKEN`` from a secret, or the file ``ray get-auth-token --generate`` writes).
+The test suite runs throwaway clusters on 127.0.0.1 with ``RAY_AUTH_MODE=disabled`` on both sides.
+"""
+
+import argparse
+import dataclasses
+import functools
+import json
+import math
+import os
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+import yaml
+
+from jobs import _ray_utils as ru
+from jobs.prepare_data import prepare_sources
+from pudnet import PudNet, PudNetConfig
+from pudnet.config import apply_overrides, from_dict
+from pudnet.data import ClassSplit
+from pudnet.meta import Episode, episode_loss, train_step
+from pudnet.shards import Catalog, absolute, join, read_class_bank
+from pudnet.stream import class_split, held_out_tasks, subdatasets, trainable_classes
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; printed first, stored in every checkpoint."""
+
+    model: PudNetConfig = field(default_factory=PudNetConfig)  # hypernetwork and target (pudnet.config)
+    sources: tuple[str, ...] = ("mnist", "digits", "animal_mnist", "fashion_mnist", "openclipart", "emoji")
+    heldout_sources: tuple[str, ...] = ("fashion_mnist",)  # left out whole: the inter-dataset setting
+    intra_fraction: float = 0.2     # share of the other sources' classes held out: the intra-dataset setting
+    min_intra: int = 5
+    split_seed: int = 0             # seeds the class split (written next to the shards and into checkpoints)
+    max_per_class: int = 1000       # images per class taken from each embedded source
+    test_fraction: float = 0.2      # images per class kept as test images when sharding embedded sources
+    data_dir: str = ""              # shards + class splits; "" = $PUDNET_CACHE_DIR/shards or ~/.cache/pudnet/shards
+    ways: int = 5                   # K classes per sub-dataset
+    shots: int = 10                 # S support images per class
+    queries: int = 10               # Q query images per class (the meta-training loss)
+    tasks_per_step: int = 2         # sub-datasets per worker per optimiser step (gradient accumulation)
+    steps: int = 3000
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    lr_schedule: str = "cosine"     # "cosine" (decays to 0 at `steps`) or "constant", after the linear warm-up
+    grad_clip: float = 1.0
+    window_rows: int = 0            # rows a class's read window spans per task (0: just S+Q; see pudnet.stream)
+    stream_actors: int = 1          # Ray Data actors building sub-datasets
+    stream_cpus: float = 0.5        # CPUs per stream actor
+    stream_cache_mb: int = 512      # per actor: recently read shard blocks kept in memory
+    log_every: int = 50
+    val_every: int = 500            # validation accuracy on held-out classes' train images (never test images)
+    val_tasks: int = 20
+    eval_tasks: int = 50            # final evaluation tasks per setting (0 skips it)
+    eval_images_per_class: int = 200  # cap per class and split read for validation and evaluation
+    checkpoint_every: int = 500
+    num_to_keep: int = 2
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 0.5    # below 1 on small machines, or the stream gets no CPU and training hangs
+    placement_strategy: str = "PACK"  # of the workers over nodes: PACK, SPREAD, STRICT_PACK or STRICT_SPREAD
+    storage_path: str = "runs"      # local dir or URI (s3://...): checkpoints and metrics.jsonl under <name>/
+    name: str = "pudnet-embedded"   # same name and storage_path = resume; "" = a fresh timestamped name
+    max_failures: int = 2
+    seed: int = 0
+    fail_at_step: int = 0           # chaos test: the last rank raises once at this step (0: never)
+
+    def __post_init__(self):
+        checks = {"ways": (2 <= self.ways <= self.model.max_classes, f"2..model.max_classes={self.model.max_classes}"),
+                  "lr_schedule": (self.lr_schedule in ("cosine", "constant"), "'cosine' or 'constant'"),
+                  "placement_strategy": (self.placement_strategy in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
+                                         "PACK, SPREAD, STRICT_PACK, STRICT_SPREAD"),
+                  "heldout_sources": (set(self.heldout_sources) < set(self.sources), "a strict subset of sources"),
+                  "intra_fraction": (0 <= self.intra_fraction < 1, "[0, 1)"),
+                  "test_fraction": (0 < self.test_fraction < 1, "(0, 1)"),
+                  "cpus_per_worker": (self.cpus_per_worker > 0, "> 0"), "stream_cpus": (self.stream_cpus > 0, "> 0"),
+                  "lr": (self.lr > 0, "> 0"), "grad_clip": (self.grad_clip > 0, "> 0"),
+                  "name": ("/" not in self.name, "no '/'"), "sources": (len(self.sources) > 0, "at least one")}
+        for key in ("shots", "queries", "tasks_per_step", "steps", "log_every", "val_every", "checkpoint_every",
+                    "num_to_keep", "num_workers", "stream_actors", "max_per_class", "eval_images_per_class"):
+            checks[key] = (getattr(self, key) >= 1, ">= 1")
+        for key in ("weight_decay", "warmup_steps", "window_rows", "val_tasks", "eval_tasks", "max_failures",
+                    "min_intra", "fail_at_step", "stream_cache_mb"):
+            checks[key] = (getattr(self, key) >= 0, ">= 0")
+        bad = [f"{k}={getattr(self, k)!r} (allowed: {allowed})" for k, (ok, allowed) in checks.items() if not ok]
+        if bad:
+            raise ValueError("bad TrainConfig values: " + "; ".join(bad))
+
+
+SMOKE_TEST = ["sources=digits,mnist,animal_mnist", "heldout_sources=digits", "max_per_class=200", "steps=6",
+              "ways=5", "shots=5", "queries=5", "log_every=2", "val_every=4", "val_tasks=4", "checkpoint_every=3",
+              "eval_tasks=5", "warmup_steps=0", "name=", 'model.target_kwargs={"depth": 3, "width": 16}',
+              "model.encoder_width=8", "model.hidden=32", "model.layer_embedding=8", "model.max_classes=10"]
+
+
+def load_config(config: str | None = None, smoke_test: bool = False, overrides: list[str] = ()) -> TrainConfig:
+    """Defaults, then the YAML file, then the smoke-test settings, then ``key=value`` overrides."""
+    cfg = TrainConfig()
+    if config:
+        cfg = from_dict(TrainConfig, yaml.safe_load(Path(config).read_text()) or {})
+    cfg = apply_overrides(cfg, (SMOKE_TEST if smoke_test else []) + list(overrides))
+    data_dir = cfg.data_dir or join(os.environ.get("PUDNET_CACHE_DIR") or str(Path.home() / ".cache/pudnet"), "shards")
+    return dataclasses.replace(cfg, data_dir=absolute(data_dir), storage_path=absolute(cfg.storage_path),
+                               name=cfg.name or f"pudnet-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def lr_factor(cfg: TrainConfig, step: int) -> float:
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    return warm * (0.5 * (1 + math.cos(math.pi * min(step, cfg.steps) / cfg.steps)) if cfg.lr_schedule == "cosine"
+                   else 1.0)
+
+
+def validation_episodes(cfg: TrainConfig, roots: list[str], split: ClassSplit, net: PudNet) -> list[Episode]:
+    """Fixed sub-datasets of the held-out (intra) classes, from their train images only."""
+    if not cfg.val_tasks or not split.intra_test:
+        return []
+    bank = read_class_bank(roots, split.intra_test, "train", cfg.eval_images_per_class)
+    tasks = held_out_tasks(bank, None, cfg.val_tasks, cfg.ways, cfg.shots, cfg.queries, 0, cfg.seed)
+    return [Episode.from_subdataset(t, net) for t in tasks]
+
+
+@torch.no_grad()
+def accuracy(net: PudNet, episodes: list[Episode]) -> float:
+    """Mean query accuracy of the targets generated for ``episodes``."""
+    net.eval()
+    return sum(episode_loss(net, ep)[1].item() for ep in episodes) / len(episodes)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """One Ray Train worker: DDP meta-training on its share of the stream; rank 0 validates and checkpoints."""
+    cfg, split, roots = from_dict(TrainConfig, config["cfg"]), ClassSplit.from_json(config["split"]), config["roots"]
+    ctx = ray.train.get_context()
+    rank, world, device = ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device()
+    torch.manual_seed(cfg.seed)
+    net = PudNet(cfg.model)
+    model = ray.train.torch.prepare_model(net)          # DDP (gloo on CPU, NCCL on GPU); net moves to `device`
+    if model is not net:   # train_step runs the generated target through `.target`, which DDP does not forward
+        model.target = net.target
+    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(lr_factor, cfg))
+    step = ru.restore(ray.train.get_checkpoint(), net, optimizer, scheduler, split)
+    autocast = functools.partial(torch.autocast, device.type, torch.bfloat16, enabled=cfg.use_gpu)
+    val = validation_episodes(cfg, roots, split, net) if rank == 0 else []
+    run_dir = join(cfg.storage_path, cfg.name)
+    start = {"step": step, "weights": ru.digest(net), "nodes": ru.gather(ray.get_runtime_context().get_node_id())}
+    reporter = ru.Reporter(run_dir, cfg.name, cfg.steps, device, start) if rank == 0 else None
+    batches = iter(ray.train.get_dataset_shard("train").iter_batches(
+        batch_size=cfg.tasks_per_step, batch_format="numpy", drop_last=True, prefetch_batches=2))
+    window = ru.StepWindow(cfg.tasks_per_step * world, cfg.ways * (cfg.shots + cfg.queries))
+    while step < cfg.steps:
+        tick = time.perf_counter()
+        batch = next(batches)
+        tock = time.perf_counter()
+        with autocast():
+            loss, acc = train_step(model, optimizer, [Episode.from_subdataset(s, net) for s in subdatasets(batch)],
+                                   cfg.grad_clip)
+        scheduler.step()
+        step += 1
+        window.add(loss, acc, tock - tick, time.perf_counter() - tock)
+        save = step % cfg.checkpoint_every == 0 or step == cfg.steps
+        if save or step % cfg.log_every == 0:
+            metrics = {"step": step, "lr": scheduler.get_last_lr()[0], **window.summary(device)}
+            if save:
+                metrics["weights"] = ru.gather(ru.digest(net))      # identical on every rank, or DDP is broken
+            if rank == 0:
+                if val and (step % cfg.val_every == 0 or step == cfg.steps):
+                    with autocast():
+                        metrics["val_accuracy"] = accuracy(net, val)
+                reporter.log(metrics, window.tasks)
+            ru.report(metrics, *((net, optimizer, scheduler, split, config["cfg"]) if save and rank == 0 else ()))
+            window = ru.StepWindow(window.tasks_per_step, window.images_per_task)
+        if step == cfg.fail_at_step and rank == world - 1:
+            ru.inject_failure(run_dir, step)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="TrainConfig YAML (cluster/configs/)")
+    parser.add_argument("--smoke-test", action="store_true", help="tiny CPU config: 2 workers, a few steps")
+    parser.add_argument("overrides", nargs="*", help="key=value, nested as model.arch=resnet18")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.smoke_test, args.overrides)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip() or "unknown"
+    print(json.dumps({"config": dataclasses.asdict(cfg), "git_commit": commit, **ru.versions(),
+                      "world_size": cfg.num_workers}, indent=1), flush=True)
+    started = not ray.is_initialized()
+    if started:
+        ray.init()   # RAY_ADDRESS (set by `ray job submit`), a `ray start` cluster on this machine, else a new one
+    roots = prepare_sources(cfg.sources, cfg.data_dir, cfg.model.image_size, cfg.max_per_class, cfg.test_fraction)
+    catalog = Catalog(roots)
+    if catalog.image_size != cfg.model.image_size:
+        raise ValueError(f"shards at {roots} are {catalog.image_size} px but model.image_size={cfg.model.image_size}")
+    split = class_split(cfg.data_dir, catalog.class_names, cfg.heldout_sources, cfg.intra_fraction, cfg.min_intra,
+                        cfg.split_seed)
+    classes, small = trainable_classes(catalog, split.meta_train, cfg.shots + cfg.queries)
+    print(f"classes: {len(split.meta_train)} meta-train ({len(small)} with < {cfg.shots + cfg.queries} train images "
+          f"left out), {len(split.intra_test)} intra-test, {len(split.inter_test)} inter-test", flush=True)
+    config, run_dir = {"cfg": dataclasses.asdict(cfg), "split": split.to_json(), "roots": roots}, join(
+        cfg.storage_path, cfg.name)
+    trainer = ray.train.torch.TorchTrainer(
+        train_loop_per_worker, train_loop_config=config,
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                               resources_per_worker={"CPU": cfg.cpus_per_worker},
+                                               placement_strategy=cfg.placement_strategy),
+        run_config=ray.train.RunConfig(name=cfg.name, storage_path=cfg.storage_path,
+                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.num_to_keep),
+                                       failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures)),
+        datasets={"train": functools.partial(ru.make_stream, config["cfg"], roots, classes, run_dir)})
+    result = trainer.fit()
+    print(f"\nfinal checkpoint: {result.checkpoint.path} (metrics: {run_dir}/{ru.METRICS_FILE})", flush=True)
+    if cfg.eval_tasks:
+        with result.checkpoint.as_directory() as d:
+            if started:
+                ray.shutdown()   # evaluation needs no cluster: give its CPUs to the timed methods
+            ru.evaluate(d, roots, cfg.eval_tasks, cfg.ways, cfg.shots, cfg.queries, cfg.eval_images_per_class,
+                        cfg.seed)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Sub-datasets built just in time from shards: the batch functions of the meta-training stream.
+
+Ray Data calls :class:`SubDatasetBuilder` through ``map_batches`` on batches of task indices; the
+same class runs in-process for benchmarks and tests. Task i depends only on (seed, i) and the
+shards, so a retried Ray task rebuilds exactly what it lost. Only the ``train`` split of the given
+classes is ever read: test images and held-out classes cannot reach meta-training.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import zlib
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from .data import ClassBank, ClassSplit, SubDataset, SubDatasetSampler, split_classes
+from .shards import BlockReader, Catalog, filesystem, join
+
+STREAM_KEYS = ("task", "class_names", "support_x", "support_y", "query_x", "query_y")
+
+
+def plan_task(index: int, block_rows: Sequence[Sequence[int]], ways: int, shots: int, queries: int, seed: int,
+              window_rows: int = 0) -> list[tuple[int, list[int], np.ndarray]]:
+    """Which images task ``index`` uses: per class (K, random order) its blocks and S+Q rows among them.
+
+    ``block_rows[c]`` lists the rows of class c's blocks. Each class reads a random run of consecutive
+    blocks holding at least max(S+Q, ``window_rows``) rows, so a task costs K short reads however big
+    the source is; ``window_rows`` trades that I/O for more varied image combinations.
+    Returns [(class position, block positions, (S+Q,) rows into those blocks' concatenation)].
+    """
+    rng = np.random.default_rng([seed, index])
+    need, plan = shots + queries, []
+    for c in rng.choice(len(block_rows), ways, replace=False):
+        sizes = block_rows[c]
+        start, chosen, total = int(rng.integers(len(sizes))), [], 0
+        while total < max(need, window_rows) and len(chosen) < len(sizes):
+            chosen.append((start + len(chosen)) % len(sizes))
+            total += sizes[chosen[-1]]
+        plan.append((int(c), chosen, rng.choice(total, need, replace=False)))
+    return plan
+
+
+def trainable_classes(catalog: Catalog, classes: Sequence[str], images: int) -> tuple[list[str], list[str]]:
+    """(classes with at least ``images`` train images, the others): small classes cannot fill a task."""
+    kept = [c for c in classes if catalog.count(c, "train") >= images]
+    return kept, [c for c in classes if c not in set(kept)]
+
+
+class SubDatasetBuilder:
+    """``{"id": task indices, (B,) or (B, n)} -> a sub-dataset per index``, of ``classes``, from shards at ``roots``.
+
+    Output columns: task (B,), class_names (B,) JSON lists of K names (label order), support_x
+    (B, K*S, R, R, 3) uint8, support_y (B, K*S) int64, query_x (B, K*Q, R, R, 3), query_y (B, K*Q).
+    Pixels stay uint8 (4x less traffic than float); the consumer normalises on its device.
+    """
+
+    def __init__(self, roots: Sequence[str], classes: Sequence[str], ways: int, shots: int, queries: int, seed: int,
+                 window_rows: int = 0, cache_mb: int = 512):
+        catalog = Catalog(roots)
+        catalog.check(classes)
+        _, small = trainable_classes(catalog, classes, shots + queries)
+        if small or len(classes) < ways:
+            raise ValueError(f"{len(classes)} classes for {ways}-way tasks; {len(small)} have < {shots + queries} "
+                             f"train images ({small[:5]}): pass classes from trainable_classes()")
+        self.classes, self.seed, self.window_rows = tuple(classes), seed, window_rows
+        self.ways, self.shots, self.queries = ways, shots, queries
+        self.blocks = [catalog.blocks(name, "train") for name in self.classes]
+        self.block_rows = [[b.rows for b in blocks] for blocks in self.blocks]
+        self.reader = BlockReader(catalog.image_size, cache_mb << 20)
+
+    def task(self, index: int) -> dict:
+        support, query, names = [], [], []
+        for c, blocks, rows in plan_task(index, self.block_rows, self.ways, self.shots, self.queries, self.seed,
+                                         self.window_rows):
+            images = np.concatenate([self.reader.read(self.blocks[c][b]) for b in blocks])[rows]
+            support.append(images[:self.shots])
+            query.append(images[self.shots:])
+            names.append(self.classes[c])
+        labels = np.arange(self.ways)
+        return {"task": index, "class_names": json.dumps(names), "support_x": np.concatenate(support),
+                "support_y": np.repeat(labels, self.shots), "query_x": np.concatenate(query),
+                "query_y": np.repeat(labels, self.queries)}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        tasks = [self.task(int(i)) for i in np.ravel(batch["id"])]
+        out = {key: np.stack([t[key] for t in tasks]) for key in STREAM_KEYS if key != "class_names"}
+        out["class_names"] = np.array([t["class_names"] for t in tasks], dtype=object)
+        return out
+
+
+def subdatasets(batch: dict[str, np.ndarray]) -> list[SubDataset]:
+    """A stream batch as SubDatasets (no test images: meta-training never sees any)."""
+    no_test = np.zeros((0, *batch["support_x"].shape[2:]), np.uint8)
+    return [SubDataset(tuple(json.loads(str(batch["class_names"][b]))), batch["support_x"][b], batch["support_y"][b],
+                       batch["query_x"][b], batch["query_y"][b], no_test, np.zeros(0, np.int64))
+            for b in range(len(batch["task"]))]
+
+
+def held_out_tasks(train: ClassBank, test: ClassBank | None, count: int, ways: int, shots: int, queries: int,
+                   test_images: int, seed: int, within_source: bool = False) -> Iterator[SubDataset]:
+    """``count`` seeded sub-datasets: support and query from ``train``, T test images from ``test``.
+
+    ``train`` and ``test`` hold the same classes' train and test splits (``read_class_bank``), so test
+    images come from the data's own test split. With ``test=None`` (validation during training) no
+    test image is even loaded. Classes without S+Q train / T test images are left out; ValueError if
+    fewer than ``ways`` remain (in some source, with ``within_source``).
+    """
+    has_test = np.bincount(test.labels, minlength=len(test.class_names)) if test is not None else None
+    has_train = np.bincount(train.labels, minlength=len(train.class_names))
+    classes = [c for i, c in enumerate(train.class_names)
+               if has_train[i] >= shots + queries and (has_test is None or has_test[i] >= test_images)]
+    groups = {}
+    for c in classes:
+        groups.setdefault(c.split("/", 1)[0] if within_source else "", []).append(c)
+    if not any(len(g) >= ways for g in groups.values()):
+        raise ValueError(f"no {'source' if within_source else 'pool'} has {ways} classes with {shots + queries} "
+                         f"train and {test_images} test images (eligible: { {g: len(c) for g, c in groups.items()} })")
+    sampler = SubDatasetSampler(train, classes, seed, test_fraction=0.0, within_source=within_source)
+    by_class = dict(zip(test.class_names, test.indices_by_class())) if test is not None else {}
+
+    def tasks():
+        for i in range(count):
+            task = sampler.sample(i, ways, shots, queries)
+            if test is None:
+                yield task
+                continue
+            rng = np.random.default_rng([seed, i, 1])
+            rows = np.concatenate([rng.choice(by_class[name], test_images, replace=False) for name in task.class_names])
+            yield dataclasses.replace(task, test_x=test.images[rows], test_y=np.repeat(np.arange(ways), test_images))
+    return tasks()
+
+
+def class_split(data_dir: str, class_names: Sequence[str], heldout_sources: Sequence[str], intra_fraction: float,
+                min_intra: int, seed: int) -> ClassSplit:
+    """The class split of these classes and settings: read from ``data_dir`` if there, else made and written there."""
+    key = json.dumps([sorted(class_names), sorted(heldout_sources), intra_fraction, min_intra, seed])
+    fs, path = filesystem(join(data_dir, f"class_split-{zlib.crc32(key.encode()):08x}.json"))
+    if fs.get_file_info(path).size:
+        with fs.open_input_stream(path) as f:
+            return ClassSplit.from_json(f.read().decode())
+    split = split_classes(class_names, heldout_sources, intra_fraction, min_intra, seed)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(split.to_json().encode())
+    return split

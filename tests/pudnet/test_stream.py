@@ -1,0 +1,101 @@
+import numpy as np
+import pytest
+import torch
+
+from pudnet import PudNet, PudNetConfig
+from pudnet.data import ClassBank
+from pudnet.meta import Episode, train_step
+from pudnet.shards import Catalog, pick_test_images, read_class_bank, write_bank
+from pudnet.stream import SubDatasetBuilder, held_out_tasks, plan_task, subdatasets, trainable_classes
+
+
+def tiny_bank(source, classes, per_class, size=8):
+    """Pixel (0,0) tells the class, pixel (0,1) the image's position in its class."""
+    labels = np.repeat(np.arange(classes), per_class)
+    images = np.zeros((len(labels), size, size, 3), np.uint8)
+    images[:, 0, 0, 0], images[:, 0, 1, 0] = labels, np.tile(np.arange(per_class), classes)
+    return ClassBank(images, labels, tuple(f"{source}/{i}" for i in range(classes)))
+
+
+@pytest.fixture
+def shards(tmp_path):
+    write_bank(tiny_bank("a", classes=6, per_class=30), str(tmp_path / "a"), "a", {}, test_fraction=0.2, seed=0)
+    small = tiny_bank("b", classes=3, per_class=10)
+    write_bank(small, str(tmp_path / "b"), "b", {}, test_fraction=0.2, seed=0)
+    return [str(tmp_path / "a"), str(tmp_path / "b")]
+
+
+def test_plan_is_seeded_distinct_and_reads_a_window():
+    rows = [[8, 8, 8, 6], [30], [5, 5, 5], [12, 12]]
+    plan = plan_task(7, rows, ways=3, shots=2, queries=3, seed=1)
+    assert plan_task(7, rows, 3, 2, 3, seed=1)[0][2].tolist() == plan[0][2].tolist()
+    assert len({c for c, _, _ in plan}) == 3
+    for c, blocks, picked in plan:
+        total = sum(rows[c][b] for b in blocks)
+        assert total >= 5 and len(set(picked)) == 5 and picked.max() < total
+        assert len(blocks) == 1 or total - rows[c][blocks[-1]] < 5           # no more blocks than needed
+    wide = plan_task(7, rows, 3, 2, 3, seed=1, window_rows=20)
+    assert all(sum(rows[c][b] for b in blocks) >= min(20, sum(rows[c])) for c, blocks, _ in wide)
+    firsts = {plan_task(i, rows, 3, 2, 3, seed=1)[0][0] for i in range(30)}
+    assert len(firsts) == 4                                                     # random class order per task
+
+
+def test_builder_streams_only_given_classes_and_their_train_images(shards):
+    classes = ["a/0", "a/2", "a/3", "a/5"]
+    builder = SubDatasetBuilder(shards, classes, ways=3, shots=2, queries=4, seed=0)
+    out = builder({"id": np.arange(10, 16)})
+    assert out["support_x"].shape == (6, 6, 8, 8, 3) and out["query_x"].shape == (6, 12, 8, 8, 3)
+    assert out["support_x"].dtype == np.uint8 and out["support_y"][0].tolist() == [0, 0, 1, 1, 2, 2]
+    for sub in subdatasets(out):
+        assert set(sub.class_names) <= set(classes) and len(sub.test_x) == 0
+        for x, y in ((sub.support_x, sub.support_y), (sub.query_x, sub.query_y)):
+            for image, label in zip(x, y):
+                name = sub.class_names[label]
+                assert image[0, 0, 0] == int(name.split("/")[1])               # label c is class_names[c]
+                assert not pick_test_images(name, 30, 0.2, 0)[image[0, 1, 0]]   # never a test image
+        images = {(i[0, 0, 0], i[0, 1, 0]) for i in np.concatenate([sub.support_x, sub.query_x])}
+        assert len(images) == 18                                                # no image twice in a task
+    again = builder({"id": np.array([13])})                                   # a retry rebuilds the same task
+    assert np.array_equal(again["support_x"][0], out["support_x"][3])
+    assert again["class_names"][0] == out["class_names"][3]
+
+
+def test_classes_too_small_for_a_task_are_refused(shards):
+    kept, dropped = trainable_classes(Catalog(shards), ["a/0", "b/0", "b/1"], 10)
+    assert kept == ["a/0"] and dropped == ["b/0", "b/1"]
+    with pytest.raises(ValueError, match="trainable_classes"):
+        SubDatasetBuilder(shards, ["a/0", "a/1", "b/0"], ways=2, shots=5, queries=5, seed=0)
+
+
+def test_streamed_batch_trains_pudnet():
+    bank = tiny_bank("a", classes=4, per_class=12, size=16)
+    bank.images[:] = np.random.default_rng(0).integers(0, 255, bank.images.shape, dtype=np.uint8)
+    cfg = PudNetConfig(target_kwargs={"depth": 2, "width": 8}, encoder_width=8, hidden=8, layer_embedding=4,
+                       image_size=16, max_classes=4)
+    model = PudNet(cfg)
+    episodes = [Episode.from_subdataset(s, model) for s in subdatasets({
+        "task": np.arange(2), "class_names": np.array(['["a/0", "a/1"]'] * 2, dtype=object),
+        "support_x": bank.images[:8].reshape(2, 4, 16, 16, 3), "support_y": np.array([[0, 0, 1, 1]] * 2),
+        "query_x": bank.images[8:12].reshape(2, 2, 16, 16, 3), "query_y": np.array([[0, 1]] * 2)})]
+    loss, acc = train_step(model, torch.optim.Adam(model.parameters()), episodes)
+    assert np.isfinite(loss) and 0 <= acc <= 1
+
+
+def test_held_out_tasks_take_test_images_from_the_test_split_only(shards):
+    classes = [f"a/{i}" for i in range(6)] + ["b/0"]
+    train = read_class_bank(shards, classes, split="train")
+    test = read_class_bank(shards, classes, split="test")
+    tasks = list(held_out_tasks(train, test, 8, ways=3, shots=3, queries=3, test_images=4, seed=5))
+    assert [t.class_names for t in tasks] == [t.class_names for t in held_out_tasks(train, test, 8, 3, 3, 3, 4, 5)]
+    for task in tasks:
+        assert "b/0" not in task.class_names                                  # 2 test images: cannot give 4
+        learn = {(i[0, 0, 0], i[0, 1, 0]) for i in np.concatenate([task.support_x, task.query_x])}
+        tested = {(i[0, 0, 0], i[0, 1, 0]) for i in task.test_x}
+        assert len(tested) == 12 and not learn & tested
+        for image, label in zip(task.test_x, task.test_y):
+            name = task.class_names[label]
+            assert image[0, 0, 0] == int(name.split("/")[1]) and pick_test_images(name, 30, 0.2, 0)[image[0, 1, 0]]
+    val = next(held_out_tasks(train, None, 1, 3, 3, 3, 0, seed=5))
+    assert len(val.class_names) == 3 and len(val.test_x) == 0
+    with pytest.raises(ValueError, match="no pool has 7 classes"):
+        held_out_tasks(train, test, 1, ways=7, shots=3, queries=3, test_images=4, seed=0)
