@@ -64,6 +64,8 @@ class TrainConfig:
     warmup_steps: int = 100
     lr_schedule: str = "cosine"     # "cosine" (decays to 0 at `steps`) or "constant", after the linear warm-up
     grad_clip: float = 1.0
+    augment_p_class: float = 0.0    # pudnet.augment in the stream: share of classes rotated/inverted into new ones
+    augment_shift: int = 0          # and per-image random shifts of up to this many pixels (0 and 0: off)
     window_rows: int = 0            # rows a class's read window spans per task (0: just S+Q; see pudnet.stream)
     stream_actors: int = 1          # Ray Data actors building sub-datasets
     stream_cpus: float = 0.5        # CPUs per stream actor
@@ -92,6 +94,7 @@ class TrainConfig:
                                          "PACK, SPREAD, STRICT_PACK, STRICT_SPREAD"),
                   "heldout_sources": (set(self.heldout_sources) < set(self.sources), "a strict subset of sources"),
                   "intra_fraction": (0 <= self.intra_fraction < 1, "[0, 1)"),
+                  "augment_p_class": (0 <= self.augment_p_class <= 1, "[0, 1]"),
                   "test_fraction": (0 < self.test_fraction < 1, "(0, 1)"),
                   "cpus_per_worker": (self.cpus_per_worker > 0, "> 0"), "stream_cpus": (self.stream_cpus > 0, "> 0"),
                   "lr": (self.lr > 0, "> 0"), "grad_clip": (self.grad_clip > 0, "> 0"),
@@ -100,7 +103,7 @@ class TrainConfig:
                     "num_to_keep", "num_workers", "stream_actors", "max_per_class", "eval_images_per_class"):
             checks[key] = (getattr(self, key) >= 1, ">= 1")
         for key in ("weight_decay", "warmup_steps", "window_rows", "val_tasks", "eval_tasks", "max_failures",
-                    "min_intra", "fail_at_step", "stream_cache_mb"):
+                    "min_intra", "fail_at_step", "stream_cache_mb", "augment_shift"):
             checks[key] = (getattr(self, key) >= 0, ">= 0")
         bad = [f"{k}={getattr(self, k)!r} (allowed: {allowed})" for k, (ok, allowed) in checks.items() if not ok]
         if bad:

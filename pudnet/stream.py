@@ -14,6 +14,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from .augment import augment
 from .data import ClassBank, ClassSplit, SubDataset, SubDatasetSampler, split_classes
 from .shards import BlockReader, Catalog, filesystem, join
 
@@ -56,7 +57,7 @@ class SubDatasetBuilder:
     """
 
     def __init__(self, roots: Sequence[str], classes: Sequence[str], ways: int, shots: int, queries: int, seed: int,
-                 window_rows: int = 0, cache_mb: int = 512):
+                 window_rows: int = 0, cache_mb: int = 512, augment_p_class: float = 0.0, augment_shift: int = 0):
         catalog = Catalog(roots)
         catalog.check(classes)
         _, small = trainable_classes(catalog, classes, shots + queries)
@@ -65,11 +66,14 @@ class SubDatasetBuilder:
                              f"train images ({small[:5]}): pass classes from trainable_classes()")
         self.classes, self.seed, self.window_rows = tuple(classes), seed, window_rows
         self.ways, self.shots, self.queries = ways, shots, queries
+        self.augment_p_class, self.augment_shift = augment_p_class, augment_shift
         self.blocks = [catalog.blocks(name, "train") for name in self.classes]
         self.block_rows = [[b.rows for b in blocks] for blocks in self.blocks]
         self.reader = BlockReader(catalog.image_size, cache_mb << 20)
+        self.no_test = np.zeros((0, catalog.image_size, catalog.image_size, 3), np.uint8)
 
-    def task(self, index: int) -> dict:
+    def task(self, index: int) -> SubDataset:
+        """Task ``index``, augmented (``pudnet.augment``, seeded by the task too) if asked."""
         support, query, names = [], [], []
         for c, blocks, rows in plan_task(index, self.block_rows, self.ways, self.shots, self.queries, self.seed,
                                          self.window_rows):
@@ -78,15 +82,17 @@ class SubDatasetBuilder:
             query.append(images[self.shots:])
             names.append(self.classes[c])
         labels = np.arange(self.ways)
-        return {"task": index, "class_names": json.dumps(names), "support_x": np.concatenate(support),
-                "support_y": np.repeat(labels, self.shots), "query_x": np.concatenate(query),
-                "query_y": np.repeat(labels, self.queries)}
+        sub = SubDataset(tuple(names), np.concatenate(support), np.repeat(labels, self.shots), np.concatenate(query),
+                         np.repeat(labels, self.queries), self.no_test, np.zeros(0, np.int64))
+        if self.augment_p_class or self.augment_shift:
+            sub = augment(sub, np.random.default_rng([self.seed, index, 1]), self.augment_p_class, self.augment_shift)
+        return sub
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        tasks = [self.task(int(i)) for i in np.ravel(batch["id"])]
-        out = {key: np.stack([t[key] for t in tasks]) for key in STREAM_KEYS if key != "class_names"}
-        out["class_names"] = np.array([t["class_names"] for t in tasks], dtype=object)
-        return out
+        ids = np.ravel(batch["id"])
+        subs = [self.task(int(i)) for i in ids]
+        out = {key: np.stack([getattr(sub, key) for sub in subs]) for key in STREAM_KEYS[2:]}
+        return {"task": ids, "class_names": np.array([json.dumps(sub.class_names) for sub in subs], dtype=object), **out}
 
 
 def subdatasets(batch: dict[str, np.ndarray]) -> list[SubDataset]:

@@ -99,3 +99,13 @@ def test_held_out_tasks_take_test_images_from_the_test_split_only(shards):
     assert len(val.class_names) == 3 and len(val.test_x) == 0
     with pytest.raises(ValueError, match="no pool has 7 classes"):
         held_out_tasks(train, test, 1, ways=7, shots=3, queries=3, test_images=4, seed=0)
+
+
+def test_augmented_tasks_rename_transformed_classes_and_stay_reproducible(shards):
+    builder = SubDatasetBuilder(shards, ["a/0", "a/1", "a/2"], ways=3, shots=2, queries=2, seed=0, augment_p_class=1.0)
+    subs = subdatasets(builder({"id": np.arange(4)}))
+    for sub in subs:
+        assert all("@rot" in name for name in sub.class_names)                  # every class transformed
+        assert {name.split("@")[0] for name in sub.class_names} <= {"a/0", "a/1", "a/2"}
+    again = subdatasets(builder({"id": np.array([2])}))[0]
+    assert again.class_names == subs[2].class_names and np.array_equal(again.query_x, subs[2].query_x)
