@@ -14,6 +14,7 @@ processes run SubDatasetBuilder for train_step, with its data-wait share. Append
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import tempfile
@@ -31,6 +32,10 @@ from pudnet.meta import Episode, train_step                     # noqa: E402
 from pudnet.shards import Catalog, write_bank                   # noqa: E402
 from pudnet.stream import SubDatasetBuilder, subdatasets, trainable_classes  # noqa: E402
 
+TITLE = ("# Meta-training input pipeline: bench/bench_train.py\n\nSub-datasets (5-way, 10 support + 10 query "
+         "images each) per second, made by the stream vs consumed by training, and the share of step time a "
+         "training worker waits for data (goal on a GPU: < 5%). Timings on a shared machine are noisy: see the "
+         "load average.\n\n")
 EMBEDDED = ("mnist", "digits", "animal_mnist", "fashion_mnist", "openclipart", "emoji")
 
 
@@ -109,10 +114,11 @@ def no_ray(args) -> list[str]:
             f"{args.shots}+{args.queries}, {args.tasks_per_step} tasks/step; {len(roots)} sources",
             f"- producer alone (SubDatasetBuilder, 1 process): **{produce:.1f} sub-datasets/s**",
             f"- train_step alone on {device.type} (data ready): **{compute:.1f} sub-datasets/s**",
-            f"- pipeline (DataLoader, {args.loader_workers} producer processes -> train_step): "
+            f"- pipeline (torch DataLoader, {args.loader_workers} producer process(es) -> train_step): "
             f"**{args.steps * args.tasks_per_step / (wait + work):.1f} sub-datasets/s**, "
             f"waiting for data **{100 * wait / (wait + work):.1f}%** of step time",
-            f"- producers needed to keep this device fed: about {compute / produce:.1f} processes"]
+            f"- one producer process makes {produce / compute:.1f}x what this device consumes: "
+            f"{math.ceil(compute / produce)} process(es) keep it fed"]
 
 
 def rate(fn, count: int, warmup: int) -> float:
@@ -195,8 +201,9 @@ def main(argv=None) -> None:
               f"{time.time() - start:.0f} s\n")
     text = header + "\n" + "\n".join(lines) + "\n"
     print(text)
+    fresh = not os.path.exists(args.out)
     with open(args.out, "a") as f:
-        f.write(text + "\n")
+        f.write((TITLE if fresh else "") + text + "\n")
 
 
 if __name__ == "__main__":
