@@ -128,6 +128,7 @@ def load_config(config: str | None = None, smoke_test: bool = False, overrides: 
 
 
 def lr_factor(cfg: TrainConfig, step: int) -> float:
+    """Multiplier of ``lr`` at ``step``: linear warm-up (a hypernetwork's first steps are the unstable ones)."""
     warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
     return warm * (0.5 * (1 + math.cos(math.pi * min(step, cfg.steps) / cfg.steps)) if cfg.lr_schedule == "cosine"
                    else 1.0)
@@ -219,8 +220,8 @@ def main(argv: list[str] | None = None) -> None:
     classes, small = trainable_classes(catalog, split.meta_train, cfg.shots + cfg.queries)
     print(f"classes: {len(split.meta_train)} meta-train ({len(small)} with < {cfg.shots + cfg.queries} train images "
           f"left out), {len(split.intra_test)} intra-test, {len(split.inter_test)} inter-test", flush=True)
-    config, run_dir = {"cfg": dataclasses.asdict(cfg), "split": split.to_json(), "roots": roots}, join(
-        cfg.storage_path, cfg.name)
+    config = {"cfg": dataclasses.asdict(cfg), "split": split.to_json(), "roots": roots}
+    run_dir = join(cfg.storage_path, cfg.name)
     trainer = ray.train.torch.TorchTrainer(
         train_loop_per_worker, train_loop_config=config,
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
