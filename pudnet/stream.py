@@ -96,10 +96,13 @@ class SubDatasetBuilder:
 
 
 def subdatasets(batch: dict[str, np.ndarray]) -> list[SubDataset]:
-    """A stream batch as SubDatasets (no test images: meta-training never sees any)."""
+    """A stream batch as SubDatasets (no test images: meta-training never sees any).
+
+    Arrays are made writable (Ray hands out read-only views, which torch.from_numpy warns about).
+    """
     no_test = np.zeros((0, *batch["support_x"].shape[2:]), np.uint8)
-    return [SubDataset(tuple(json.loads(str(batch["class_names"][b]))), batch["support_x"][b], batch["support_y"][b],
-                       batch["query_x"][b], batch["query_y"][b], no_test, np.zeros(0, np.int64))
+    return [SubDataset(tuple(json.loads(str(batch["class_names"][b]))), test_x=no_test, test_y=np.zeros(0, np.int64),
+                       **{key: np.require(batch[key][b], requirements="W") for key in STREAM_KEYS[2:]})
             for b in range(len(batch["task"]))]
 
 

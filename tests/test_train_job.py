@@ -135,7 +135,7 @@ def cluster():
     nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 200 << 20,
                                                           "include_dashboard": False})
     nodes.add_node(num_cpus=1, object_store_memory=200 << 20)
-    ray.init(address=nodes.address)
+    ray.init(address=nodes.address, log_to_driver=False)
     yield nodes
     ray.shutdown()
     nodes.shutdown()
