@@ -4,6 +4,7 @@ subprocess tests so that no two clusters run at once."""
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -124,6 +125,7 @@ def test_ray_job_submit_runs_the_smoke_test_and_its_metrics_are_in_the_job_logs(
     finally:
         head.terminate()   # `ray start --block` stops every process of this head on SIGTERM
         head.wait(60)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +141,7 @@ def cluster():
     yield nodes
     ray.shutdown()
     nodes.shutdown()
+    shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
     for k, v in saved.items():
         os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
