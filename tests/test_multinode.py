@@ -14,6 +14,7 @@ secure setting. About 2-3 minutes on 2 cores.
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -97,12 +98,13 @@ def cluster(tmp_path_factory):
         node_ids = wait_for("the second node", two_alive)
         raylets = [p for p in processes(temp_dir) if "raylet/raylet" in p]
         assert len(raylets) == 2, "cannot see both nodes' processes: the final check would be void"
-        yield SimpleNamespace(url=url, env=env, node_ids=node_ids, temp_dir=temp_dir, logs=logs)
+        yield SimpleNamespace(url=url, env=env, node_ids=node_ids)
     finally:
         for node in reversed(nodes):
             node.send_signal(signal.SIGTERM)
             node.wait(60)
         assert wait_for("every process of this cluster to exit", lambda: not processes(temp_dir), timeout=30)
+        shutil.rmtree(temp_dir, ignore_errors=True)   # session logs; the nodes' own output is in `logs`
 
 
 @pytest.fixture(scope="module")
