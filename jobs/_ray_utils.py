@@ -22,9 +22,8 @@ from ray.util.metrics import Counter, Gauge
 from pudnet import checkpoint
 from pudnet.data import ClassSplit
 from pudnet.model import PudNet
-from pudnet.evaluate import FAST_METHODS, Evaluator, evaluate_tasks, markdown_table
-from pudnet.shards import filesystem, join, read_class_bank
-from pudnet.stream import SubDatasetBuilder, held_out_tasks
+from pudnet.shards import filesystem, join
+from pudnet.stream import SubDatasetBuilder
 
 STATE_FILE, OPTIMIZER_FILE, METRICS_FILE = "state.json", "optimizer.pt", "metrics.jsonl"
 
@@ -180,25 +179,6 @@ class Reporter:
         with self.fs.open_output_stream(tmp) as f:
             f.write(("\n".join(self.lines) + "\n").encode())
         self.fs.move(tmp, self.path)
-
-
-def evaluate(path: str, roots: list[str], tasks: int, ways: int, shots: int, queries: int, images_per_class: int,
-             seed: int, test_images: int = 20) -> None:
-    """Print the evaluation tables of the checkpoint at ``path``: held-out classes, scored on their test images."""
-    loaded = checkpoint.load(path)
-    for setting, classes, within in (("intra-dataset: held-out classes", loaded.split.intra_test, False),
-                                     ("inter-dataset: left-out sources", loaded.split.inter_test, True)):
-        if not classes:
-            print(f"\n{setting}: skipped (no held-out classes: the left-out sources are absent)", flush=True)
-            continue
-        train, test = (read_class_bank(roots, classes, split, images_per_class) for split in ("train", "test"))
-        try:
-            subs = held_out_tasks(train, test, tasks, ways, shots, queries, test_images, seed, within_source=within)
-        except ValueError as e:   # too few classes with enough images
-            print(f"\n{setting}: skipped ({e})", flush=True)
-            continue
-        report = evaluate_tasks(Evaluator(loaded.model), subs, methods=FAST_METHODS + ("pudnet_ft10",))
-        print("\n" + markdown_table(setting, report), flush=True)
 
 
 def inject_failure(run_dir: str, step: int) -> None:

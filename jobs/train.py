@@ -33,13 +33,15 @@ import torch
 import yaml
 
 from jobs import _ray_utils as ru
+from jobs import evaluate
 from jobs.prepare_data import prepare_sources
 from pudnet import PudNet, PudNetConfig
 from pudnet.config import apply_overrides, from_dict
-from pudnet.data import ClassSplit
+from pudnet.evaluate import FAST_METHODS
 from pudnet.meta import Episode, episode_loss, train_step
 from pudnet.shards import Catalog, absolute, join, read_class_bank
-from pudnet.stream import class_split, held_out_tasks, subdatasets, trainable_classes
+from pudnet.data import ClassSplit, SubDatasetSampler
+from pudnet.stream import class_split, subdatasets, trainable_classes
 
 @dataclass
 class TrainConfig:
@@ -57,15 +59,15 @@ class TrainConfig:
     ways: int = 5                   # K classes per sub-dataset
     shots: int = 10                 # S support images per class
     queries: int = 10               # Q query images per class (the meta-training loss)
-    tasks_per_step: int = 2         # sub-datasets per worker per optimiser step (gradient accumulation)
-    steps: int = 3000
+    tasks_per_step: int = 1         # sub-datasets per worker per optimiser step (gradient accumulation)
+    steps: int = 2000
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 100
     lr_schedule: str = "cosine"     # "cosine" (decays to 0 at `steps`) or "constant", after the linear warm-up
     grad_clip: float = 1.0
-    augment_p_class: float = 0.0    # pudnet.augment in the stream: share of classes rotated/inverted into new ones
-    augment_shift: int = 0          # and per-image random shifts of up to this many pixels (0 and 0: off)
+    augment_p_class: float = 0.5    # pudnet.augment in the stream: share of classes rotated/inverted into new ones
+    augment_shift: int = 2          # and per-image random shifts of up to this many pixels (0 and 0: off)
     window_rows: int = 0            # rows a class's read window spans per task (0: just S+Q; see pudnet.stream)
     stream_actors: int = 1          # Ray Data actors building sub-datasets
     stream_cpus: float = 0.5        # CPUs per stream actor
@@ -139,8 +141,9 @@ def validation_episodes(cfg: TrainConfig, roots: list[str], split: ClassSplit, n
     if not cfg.val_tasks or not split.intra_test:
         return []
     bank = read_class_bank(roots, split.intra_test, "train", cfg.eval_images_per_class)
-    tasks = held_out_tasks(bank, None, cfg.val_tasks, cfg.ways, cfg.shots, cfg.queries, 0, cfg.seed)
-    return [Episode.from_subdataset(t, net) for t in tasks]
+    sampler = SubDatasetSampler(bank, split.intra_test, cfg.seed, test_fraction=0.0)
+    return [Episode.from_subdataset(sampler.sample(i, cfg.ways, cfg.shots, cfg.queries), net)
+            for i in range(cfg.val_tasks)]
 
 
 @torch.no_grad()
@@ -158,8 +161,6 @@ def train_loop_per_worker(config: dict) -> None:
     torch.manual_seed(cfg.seed)
     net = PudNet(cfg.model)
     model = ray.train.torch.prepare_model(net)          # DDP (gloo on CPU, NCCL on GPU); net moves to `device`
-    if model is not net:   # train_step runs the generated target through `.target`, which DDP does not forward
-        model.target = net.target
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(lr_factor, cfg))
     step = ru.restore(ray.train.get_checkpoint(), net, optimizer, scheduler, split)
@@ -237,8 +238,9 @@ def main(argv: list[str] | None = None) -> None:
         with result.checkpoint.as_directory() as d:
             if started:
                 ray.shutdown()   # evaluation needs no cluster: give its CPUs to the timed methods
-            ru.evaluate(d, roots, cfg.eval_tasks, cfg.ways, cfg.shots, cfg.queries, cfg.eval_images_per_class,
-                        cfg.seed)
+            evaluate.run(evaluate.EvalConfig(checkpoint=d, tasks=cfg.eval_tasks, ways=cfg.ways, shots=cfg.shots,
+                                             queries=cfg.queries, max_per_class=cfg.eval_images_per_class,
+                                             methods=FAST_METHODS + ("pudnet_ft10",), seed=cfg.seed))
 
 
 if __name__ == "__main__":

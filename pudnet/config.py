@@ -19,7 +19,7 @@ class PudNetConfig:
     """
 
     arch: str = "convnet"               # target network: one of ARCHITECTURES
-    target_kwargs: dict = field(default_factory=lambda: {"depth": 3, "width": 64})
+    target_kwargs: dict = field(default_factory=lambda: {"depth": 3, "width": 64, "pool": 4})
     max_classes: int = 20               # largest K a generated head supports
     image_size: int = 32                # images are (image_size, image_size, 3)
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # per-channel normalisation applied to [0, 1] pixels

@@ -139,13 +139,14 @@ class SubDataset:
 class SubDatasetSampler:
     """Seeded sampler of K-way sub-datasets over a fixed set of classes.
 
-    Each class's images are split once, by ``seed``, into a train pool (support and query) and a
-    test pool (``test_fraction``), so reported test images never feed learning. Task i of a
-    sampler depends only on (seed, i): workers may sample any tasks in any order, or retry them.
+    Test images never feed learning: they come from ``test_bank`` (the same classes' test split,
+    e.g. ``pudnet.shards.read_class_bank(..., split="test")``) or, without one, from a seeded
+    ``test_fraction`` of each class set aside once. Task i depends only on (seed, i): workers may
+    sample any tasks in any order, or retry them.
     """
 
     def __init__(self, bank: ClassBank, classes: Sequence[str], seed: int, test_fraction: float = 0.2,
-                 within_source: bool = False):
+                 within_source: bool = False, test_bank: ClassBank | None = None):
         index = {name: i for i, name in enumerate(bank.class_names)}
         unknown = [c for c in classes if c not in index]
         if unknown:
@@ -154,11 +155,17 @@ class SubDatasetSampler:
             raise ValueError("no classes to sample from")
         self.bank, self.seed, self.classes = bank, seed, tuple(classes)
         self.within_source = within_source
+        self.test_images = bank.images if test_bank is None else test_bank.images
+        by_class = dict(zip(bank.class_names, bank.indices_by_class()))
+        test_by_class = {} if test_bank is None else dict(zip(test_bank.class_names, test_bank.indices_by_class()))
         rng = np.random.default_rng([seed, 0x5EED])
-        by_class = bank.indices_by_class()
         self.train_pool, self.test_pool = {}, {}
         for name in self.classes:
-            rows = rng.permutation(by_class[index[name]])
+            if test_bank is not None:
+                self.train_pool[name] = by_class[name]
+                self.test_pool[name] = test_by_class.get(name, np.zeros(0, np.int64))
+                continue
+            rows = rng.permutation(by_class[name])
             n_test = int(round(test_fraction * len(rows)))
             self.test_pool[name], self.train_pool[name] = rows[:n_test], rows[n_test:]
         self.groups = {}
@@ -193,6 +200,6 @@ class SubDatasetSampler:
         out = {}
         for part, per_class in parts.items():
             rows = np.concatenate(per_class).astype(np.int64)
-            out[f"{part}_x"] = self.bank.images[rows]
+            out[f"{part}_x"] = (self.test_images if part == "test" else self.bank.images)[rows]
             out[f"{part}_y"] = np.repeat(np.arange(k), [len(r) for r in per_class]).astype(np.int64)
         return SubDataset(tuple(chosen), **out)

@@ -27,10 +27,13 @@ class SGDSettings:
     """Optimiser for SGD from scratch and for fine-tuning PudNet's prediction."""
 
     lr: float = 1e-3
-    batch_size: int = 10
+    batch_size: int = 10                  # SGD from scratch
     max_epochs: int = 100
     patience: int = 10                    # epochs without a better validation accuracy
     finetune_steps: tuple[int, ...] = (1, 10, 100)
+    finetune_lr: float = 1e-3
+    finetune_batch_size: int = 0          # 0: the whole support set, so train-mode BatchNorm starts exactly at
+                                          # PudNet's support statistics
 
 
 @dataclass
@@ -119,11 +122,11 @@ class Evaluator:
             out.scores["sgd_converged"] = (best.test, best.seconds)
         return out
 
-    def _batches(self, n: int, index: int):
+    def _batches(self, n: int, index: int, batch_size: int):
         """Endless shuffled minibatch indices, seeded per task."""
         g = torch.Generator().manual_seed(self.seed * 7919 + index)
         while True:
-            for chunk in torch.randperm(n, generator=g).split(self.settings.batch_size):
+            for chunk in torch.randperm(n, generator=g).split(batch_size or n):
                 yield chunk.to(self.device)
 
     def _finetune(self, predicted, k, index, sx, sy, steps):
@@ -131,8 +134,8 @@ class Evaluator:
         net = self._net(k, index)
         net.load_state_dict(predicted)
         net.train()
-        opt = torch.optim.Adam(net.parameters(), lr=self.settings.lr)
-        batches, elapsed = self._batches(len(sy), index), 0.0
+        opt = torch.optim.Adam(net.parameters(), lr=self.settings.finetune_lr)
+        batches, elapsed = self._batches(len(sy), index, self.settings.finetune_batch_size), 0.0
         for step in range(1, max(steps) + 1):
             start = time.perf_counter()
             rows = next(batches)
@@ -151,7 +154,8 @@ class Evaluator:
         (sx, sy), (vx, vy), (tx, ty) = support, val, test
         net = self._net(k, index).train()
         opt = torch.optim.Adam(net.parameters(), lr=self.settings.lr)
-        batches, epoch_steps = self._batches(len(sy), index), math.ceil(len(sy) / self.settings.batch_size)
+        batches = self._batches(len(sy), index, self.settings.batch_size)
+        epoch_steps = math.ceil(len(sy) / self.settings.batch_size)
         curve, elapsed, best, since_best = [], 0.0, -1.0, 0
         for step in range(1, self.settings.max_epochs * epoch_steps + 1):
             start = time.perf_counter()

@@ -1,6 +1,7 @@
 """Meta-training objective: predict weights from a sub-dataset's support set, score its query set."""
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -32,7 +33,8 @@ class Episode:
 def episode_loss(model: PudNet, ep: Episode) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy and accuracy on the query set of the target generated from the support set."""
     weights = model(ep.support_x, ep.support_y, ep.num_classes)
-    logits = model.target(weights, ep.query_x)                       # (K*Q, K)
+    target = getattr(model, "module", model).target                  # through a DistributedDataParallel wrapper
+    logits = target(weights, ep.query_x)                             # (K*Q, K)
     loss = F.cross_entropy(logits, ep.query_y)
     accuracy = (logits.argmax(1) == ep.query_y).float().mean()
     return loss, accuracy.detach()
@@ -48,12 +50,14 @@ def train_step(model: PudNet, optimizer: torch.optim.Optimizer, episodes: list[E
     model.train()
     optimizer.zero_grad(set_to_none=True)
     total_loss, total_acc = 0.0, 0.0
-    for ep in episodes:
-        loss, acc = episode_loss(model, ep)
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"non-finite meta-training loss {loss.item()}: resume from the last checkpoint "
-                               "with a lower lr")
-        (loss / len(episodes)).backward()
+    for i, ep in enumerate(episodes):
+        last = i == len(episodes) - 1
+        with nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync():  # DDP: one all-reduce
+            loss, acc = episode_loss(model, ep)
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"non-finite meta-training loss {loss.item()}: resume from the last checkpoint "
+                                   "with a lower lr")
+            (loss / len(episodes)).backward()
         total_loss, total_acc = total_loss + loss.item(), total_acc + acc.item()
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()

@@ -7,15 +7,14 @@ classes is ever read: test images and held-out classes cannot reach meta-trainin
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import zlib
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from .augment import augment
-from .data import ClassBank, ClassSplit, SubDataset, SubDatasetSampler, split_classes
+from .data import ClassSplit, SubDataset, split_classes
 from .shards import BlockReader, Catalog, filesystem, join
 
 STREAM_KEYS = ("task", "class_names", "support_x", "support_y", "query_x", "query_y")
@@ -104,40 +103,6 @@ def subdatasets(batch: dict[str, np.ndarray]) -> list[SubDataset]:
     return [SubDataset(tuple(json.loads(str(batch["class_names"][b]))), test_x=no_test, test_y=np.zeros(0, np.int64),
                        **{key: np.require(batch[key][b], requirements="W") for key in STREAM_KEYS[2:]})
             for b in range(len(batch["task"]))]
-
-
-def held_out_tasks(train: ClassBank, test: ClassBank | None, count: int, ways: int, shots: int, queries: int,
-                   test_images: int, seed: int, within_source: bool = False) -> Iterator[SubDataset]:
-    """``count`` seeded sub-datasets: support and query from ``train``, T test images from ``test``.
-
-    ``train`` and ``test`` hold the same classes' train and test splits (``read_class_bank``), so test
-    images come from the data's own test split. With ``test=None`` (validation during training) no
-    test image is even loaded. Classes without S+Q train / T test images are left out; ValueError if
-    fewer than ``ways`` remain (in some source, with ``within_source``).
-    """
-    has_test = np.bincount(test.labels, minlength=len(test.class_names)) if test is not None else None
-    has_train = np.bincount(train.labels, minlength=len(train.class_names))
-    classes = [c for i, c in enumerate(train.class_names)
-               if has_train[i] >= shots + queries and (has_test is None or has_test[i] >= test_images)]
-    groups = {}
-    for c in classes:
-        groups.setdefault(c.split("/", 1)[0] if within_source else "", []).append(c)
-    if not any(len(g) >= ways for g in groups.values()):
-        raise ValueError(f"no {'source' if within_source else 'pool'} has {ways} classes with {shots + queries} "
-                         f"train and {test_images} test images (eligible: { {g: len(c) for g, c in groups.items()} })")
-    sampler = SubDatasetSampler(train, classes, seed, test_fraction=0.0, within_source=within_source)
-    by_class = dict(zip(test.class_names, test.indices_by_class())) if test is not None else {}
-
-    def tasks():
-        for i in range(count):
-            task = sampler.sample(i, ways, shots, queries)
-            if test is None:
-                yield task
-                continue
-            rng = np.random.default_rng([seed, i, 1])
-            rows = np.concatenate([rng.choice(by_class[name], test_images, replace=False) for name in task.class_names])
-            yield dataclasses.replace(task, test_x=test.images[rows], test_y=np.repeat(np.arange(ways), test_images))
-    return tasks()
 
 
 def class_split(data_dir: str, class_names: Sequence[str], heldout_sources: Sequence[str], intra_fraction: float,

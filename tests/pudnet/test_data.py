@@ -93,3 +93,15 @@ def test_to_tensor_normalises_channels_first():
     x = to_tensor(images, (0.5, 0.5, 0.5), (0.5, 0.25, 0.5))
     assert x.shape == (2, 3, 4, 4) and x.dtype == torch.float32
     assert torch.allclose(x[:, 1], torch.full((2, 4, 4), 2.0)) and torch.allclose(x[:, 0], torch.ones(2, 4, 4))
+
+
+def test_test_images_come_from_the_test_bank_when_given():
+    train, test = tiny_bank(sources=("a",)), tiny_bank(sources=("a",), per_class=6)
+    test.images[:, 0, 2, 0] = 99                                   # marks every test-split image
+    sampler = SubDatasetSampler(train, train.class_names, seed=0, test_bank=test)
+    for i in range(10):
+        t = sampler.sample(i, 3, 10, 10, 5)
+        assert (t.test_x[:, 0, 2, 0] == 99).all() and not (t.support_x[:, 0, 2, 0] == 99).any()
+        for c, name in enumerate(t.class_names):
+            assert set(t.test_x[t.test_y == c, 0, 0, 0]) == {train.class_names.index(name)}
+    assert sampler.eligible(10, 10, 7) == {"": []}                  # 6 test images per class only

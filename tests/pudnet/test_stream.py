@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from pudnet import PudNet, PudNetConfig
-from pudnet.data import ClassBank
+from pudnet.data import ClassBank, SubDatasetSampler
 from pudnet.meta import Episode, train_step
 from pudnet.shards import Catalog, pick_test_images, read_class_bank, write_bank
-from pudnet.stream import SubDatasetBuilder, held_out_tasks, plan_task, subdatasets, trainable_classes
+from pudnet.stream import SubDatasetBuilder, plan_task, subdatasets, trainable_classes
 
 
 def tiny_bank(source, classes, per_class, size=8):
@@ -81,12 +81,13 @@ def test_streamed_batch_trains_pudnet():
     assert np.isfinite(loss) and 0 <= acc <= 1
 
 
-def test_held_out_tasks_take_test_images_from_the_test_split_only(shards):
+def test_held_out_tasks_take_test_images_from_the_shards_test_split_only(shards):
     classes = [f"a/{i}" for i in range(6)] + ["b/0"]
     train = read_class_bank(shards, classes, split="train")
     test = read_class_bank(shards, classes, split="test")
-    tasks = list(held_out_tasks(train, test, 8, ways=3, shots=3, queries=3, test_images=4, seed=5))
-    assert [t.class_names for t in tasks] == [t.class_names for t in held_out_tasks(train, test, 8, 3, 3, 3, 4, 5)]
+    sampler = SubDatasetSampler(train, classes, seed=5, test_bank=test)
+    tasks = [sampler.sample(i, 3, 3, 3, 4) for i in range(8)]
+    assert [t.class_names for t in tasks] == [sampler.sample(i, 3, 3, 3, 4).class_names for i in range(8)]
     for task in tasks:
         assert "b/0" not in task.class_names                                  # 2 test images: cannot give 4
         learn = {(i[0, 0, 0], i[0, 1, 0]) for i in np.concatenate([task.support_x, task.query_x])}
@@ -95,10 +96,8 @@ def test_held_out_tasks_take_test_images_from_the_test_split_only(shards):
         for image, label in zip(task.test_x, task.test_y):
             name = task.class_names[label]
             assert image[0, 0, 0] == int(name.split("/")[1]) and pick_test_images(name, 30, 0.2, 0)[image[0, 1, 0]]
-    val = next(held_out_tasks(train, None, 1, 3, 3, 3, 0, seed=5))
-    assert len(val.class_names) == 3 and len(val.test_x) == 0
     with pytest.raises(ValueError, match="no pool has 7 classes"):
-        held_out_tasks(train, test, 1, ways=7, shots=3, queries=3, test_images=4, seed=0)
+        sampler.sample(0, 7, 3, 3, 4)
 
 
 def test_augmented_tasks_rename_transformed_classes_and_stay_reproducible(shards):
