@@ -58,13 +58,13 @@ class Evaluator:
         self.cfg, self.runner = model.cfg, model.target
         self.device = next(model.parameters()).device
 
-    def _tensors(self, task: SubDataset):
+    def tensors(self, task: SubDataset):
         t = lambda a: to_tensor(a, self.cfg.mean, self.cfg.std).to(self.device)
         y = lambda a: torch.from_numpy(a).to(self.device)
         return (t(task.support_x), y(task.support_y)), (t(task.query_x), y(task.query_y)), (t(task.test_x), y(task.test_y))
 
     @torch.no_grad()
-    def _accuracy(self, weights, x, y) -> float:
+    def accuracy(self, weights, x, y) -> float:
         return float((self.runner(weights, x).argmax(1) == y).float().mean())
 
     def _net(self, k: int, index: int) -> torch.nn.Module:
@@ -79,7 +79,7 @@ class Evaluator:
         return {**params, **stats}
 
     def run(self, task: SubDataset, index: int, methods: tuple[str, ...]) -> TaskResult:
-        (sx, sy), (qx, qy), (tx, ty) = self._tensors(task)
+        (sx, sy), (qx, qy), (tx, ty) = self.tensors(task)
         k, out = task.num_classes, TaskResult()
         if "random_init" in methods:
             start = time.perf_counter()
@@ -99,7 +99,7 @@ class Evaluator:
             with torch.no_grad():
                 _, feats = self.runner.support_pass(weights, sx)
                 weights[f"{head}.weight"], weights[f"{head}.bias"] = prototype_head(feats, sy, k, 1.0)
-            out.scores["random_prototype"] = (self._accuracy(weights, tx, ty), time.perf_counter() - start)
+            out.scores["random_prototype"] = (self.accuracy(weights, tx, ty), time.perf_counter() - start)
         predicted = None
         if any(m.startswith("pudnet") for m in methods):
             start = time.perf_counter()
@@ -108,18 +108,20 @@ class Evaluator:
             if torch.accelerator.is_available():
                 torch.accelerator.synchronize()
             gen_s = time.perf_counter() - start
-            out.scores["pudnet"] = (self._accuracy(predicted, tx, ty), gen_s)
+            out.scores["pudnet"] = (self.accuracy(predicted, tx, ty), gen_s)
             steps = [s for s in self.settings.finetune_steps if f"pudnet_ft{s}" in methods]
             if steps:
                 for step, seconds, weights in self._finetune(predicted, k, index, sx, sy, steps):
-                    out.scores[f"pudnet_ft{step}"] = (self._accuracy(weights, tx, ty), gen_s + seconds)
+                    out.scores[f"pudnet_ft{step}"] = (self.accuracy(weights, tx, ty), gen_s + seconds)
         if any(m.startswith("sgd") for m in methods):
             out.sgd_curve = self._sgd(k, index, (sx, sy), (qx, qy), (tx, ty))
             epoch_steps = math.ceil(len(sy) / self.settings.batch_size)
             best = max(out.sgd_curve[1:], key=lambda p: (p.val, -p.step))   # earliest best validation epoch
             out.scores["sgd_1step"] = (out.sgd_curve[0].test, out.sgd_curve[0].seconds)
             out.scores["sgd_1epoch"] = next((p.test, p.seconds) for p in out.sgd_curve if p.step == epoch_steps)
-            out.scores["sgd_converged"] = (best.test, best.seconds)
+            # the weights of the best validation epoch, but the time of the whole run: early stopping only
+            # knows an epoch was best after `patience` more epochs
+            out.scores["sgd_converged"] = (best.test, out.sgd_curve[-1].seconds)
         return out
 
     def _batches(self, n: int, index: int, batch_size: int):
@@ -168,7 +170,7 @@ class Evaluator:
                 continue
             weights = self._weights(net, sx)
             elapsed += time.perf_counter() - start
-            curve.append(Point(step, elapsed, self._accuracy(weights, vx, vy), self._accuracy(weights, tx, ty)))
+            curve.append(Point(step, elapsed, self.accuracy(weights, vx, vy), self.accuracy(weights, tx, ty)))
             if step % epoch_steps == 0:
                 best, since_best = (curve[-1].val, 0) if curve[-1].val > best else (best, since_best + 1)
                 if since_best >= self.settings.patience:
@@ -212,7 +214,7 @@ METHOD_LABELS = {
     "random_prototype": "random target net + class-mean head", "pudnet": "PudNet prediction",
     "pudnet_ft1": "PudNet + 1 fine-tune step", "pudnet_ft10": "PudNet + 10 fine-tune steps",
     "pudnet_ft100": "PudNet + 100 fine-tune steps", "sgd_1step": "Adam from scratch, 1 step",
-    "sgd_1epoch": "Adam from scratch, 1 epoch", "sgd_converged": "Adam from scratch, to convergence",
+    "sgd_1epoch": "Adam from scratch, 1 epoch", "sgd_converged": "Adam from scratch, early-stopped on validation",
 }
 ALL_METHODS = tuple(METHOD_LABELS)
 

@@ -4,10 +4,8 @@ import copy
 import io
 import json
 import math
-import tarfile
 import threading
 import time
-import zipfile
 from types import SimpleNamespace
 
 import numpy as np
@@ -21,6 +19,7 @@ from ray import serve
 from ray.serve.config import AutoscalingConfig
 from ray.serve.schema import DeploymentSchema
 
+from archives import tar_gz_of, zip_of
 from pudnet import PudNet, PudNetConfig, checkpoint, targets
 from pudnet.cli import main as cli_main
 from pudnet.data import ClassBank, to_tensor
@@ -46,24 +45,6 @@ def png_files(images, labels, class_names, prefix="") -> dict[str, bytes]:
         Image.fromarray(image).save(buffer, "PNG")
         files[f"{prefix}{class_names[label]}/{i}.png"] = buffer.getvalue()
     return files
-
-
-def zip_bytes(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
-
-
-def tar_bytes(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 def read_weights(content: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -197,7 +178,7 @@ def test_unseen_digits_each_input_kind(server, digits, kind):
         response = post(server.url, json.dumps({"path": str(folder)}).encode(), "application/json")
     else:  # the zip wraps everything in one root folder, as zipping a folder does; the tar does not
         files = png_files(up.images, up.labels, up.class_names, prefix="mydigits/" if kind == "zip" else "")
-        response = post(server.url, zip_bytes(files) if kind == "zip" else tar_bytes(files), f"application/{kind}")
+        response = post(server.url, zip_of(files) if kind == "zip" else tar_gz_of(files), f"application/{kind}")
     assert response.status_code == 200, response.text
     state, metadata = read_weights(response.content)
     accuracy = evaluate(state, metadata, digits.eval.images, digits.eval.labels, names)

@@ -6,7 +6,6 @@ small limits so each one is cheap to exceed.
 import io
 import json
 import socket
-import tarfile
 import zipfile
 from types import SimpleNamespace
 
@@ -19,6 +18,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from ray import serve
 
+from archives import tar_gz_of, zip_of
 from pudnet import PudNet, PudNetConfig, checkpoint
 from serve_app import local
 from serve_app.app import ServeArgs, build_app
@@ -30,14 +30,6 @@ MAX_BYTES, MAX_EXTRACTED, MAX_IMAGES, MAX_CLASSES = 1 << 20, 4 << 20, 60, 3
 def png(shape=(12, 10), seed=0) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def zip_of(files: dict[str, bytes], method=zipfile.ZIP_DEFLATED) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", method) as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
     return buffer.getvalue()
 
 
@@ -84,16 +76,6 @@ def assert_rejected(server, response: requests.Response, status: int, kind: str)
 def post(server, body, content_type="application/octet-stream", **params) -> requests.Response:
     return requests.post(server.url + "/v1/predict", data=body, params=params, timeout=60,
                          headers={"Content-Type": content_type})
-
-
-def tar_gz_of(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 rng = np.random.default_rng(0)
