@@ -10,6 +10,9 @@ from pudnet.datasets import load_class_bank
 from pudnet.meta import Episode, train_step
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Every test cluster is a throwaway one on 127.0.0.1. Ray reads the auth mode once per process: a token-auth
+# driver left by one module rejects the raylet of the next module's auth-off cluster, whose actors then never start.
+os.environ["RAY_AUTH_MODE"] = "disabled"
 TINY_MODEL = dict(target_kwargs={"depth": 3, "width": 32}, encoder_width=16, hidden=64, layer_embedding=16,
                   max_classes=10)
 
