@@ -7,6 +7,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from pudnet import shards
 from pudnet.data import ClassBank
 from pudnet.datasets import load_image_folder, to_rgb_array
 
@@ -29,11 +30,8 @@ def load_path(request: DatasetPath, image_size: int, max_images: int, allowed_ro
     local = None if "://" in location else Path(location)
     if local is not None and not local.is_dir():
         raise BadInput(404, "path_not_found", f"{request.path!r} is not a directory on the server")
-    shards = _shards()
-    if local is None or (shards is not None and (local / shards.MANIFEST).is_file()):
-        if shards is None:
-            raise BadInput(415, "unsupported_format", "this server cannot read Parquet shards (no pudnet.shards)")
-        return _read_shards(shards, location, request, image_size, max_images)
+    if local is None or (local / shards.MANIFEST).is_file():
+        return _read_shards(location, request, image_size, max_images)
     if request.classes is not None or request.split is not None:
         raise BadInput(400, "invalid_request", "classes and split apply to Parquet shards, not image folders")
     count = sum(1 for p in local.rglob("*") if p.is_file())
@@ -66,23 +64,20 @@ def _allowed(path: str, roots: list[str]) -> str:
     return resolved
 
 
-def _shards():
-    """``pudnet.shards``, imported when a path request comes (it is newer than this module); None if absent."""
+def _read_shards(location: str, request: DatasetPath, image_size: int, max_images: int) -> ClassBank:
+    """The shards' images, counted from the manifest first: a request for too many is refused unread."""
     try:
-        from pudnet import shards
-    except ImportError:
-        return None
-    return shards
-
-
-def _read_shards(shards, location: str, request: DatasetPath, image_size: int, max_images: int) -> ClassBank:
-    try:
+        catalog = shards.Catalog(location)
+        names = catalog.class_names if request.classes is None else request.classes
+        catalog.check(names)
+        count = sum(catalog.count(name, split) for name in names
+                    for split in ([request.split] if request.split else shards.SPLITS))
+        if count > max_images:
+            raise BadInput(413, "too_many_images", f"{count} images: this server accepts at most {max_images}; "
+                                                   "select fewer classes")
         bank = shards.read_class_bank(location, classes=request.classes, split=request.split)
     except (ValueError, KeyError, OSError) as e:
         raise BadInput(400, "invalid_dataset", f"cannot read shards at {request.path!r}: {e}") from e
-    if len(bank.images) > max_images:
-        raise BadInput(413, "too_many_images", f"{len(bank.images)} images: this server accepts at most "
-                                               f"{max_images}; select fewer classes")
     if bank.image_size != image_size:
         bank = ClassBank(np.stack([to_rgb_array(Image.fromarray(x), image_size) for x in bank.images]),
                          bank.labels, bank.class_names)

@@ -20,7 +20,7 @@ from ray.serve.config import AutoscalingConfig
 from ray.serve.schema import DeploymentSchema
 
 from archives import tar_gz_of, zip_of
-from pudnet import PudNet, PudNetConfig, checkpoint, targets
+from pudnet import PudNet, PudNetConfig, checkpoint, shards, targets
 from pudnet.cli import main as cli_main
 from pudnet.data import ClassBank, to_tensor
 from pudnet.predict import predict
@@ -162,7 +162,6 @@ def test_models_health_and_openapi(server, tiny_checkpoint):
 def test_unseen_digits_each_input_kind(server, digits, kind):
     up, names = digits.upload, digits.names
     if kind == "shards":  # our Parquet format; its class names keep the "<source>/" prefix
-        shards = pytest.importorskip("pudnet.shards", reason="pudnet.shards not in this checkout yet")
         names = tuple(f"digits/{name}" for name in names)
         folder = str(server.root / "shards")
         shards.write_bank(ClassBank(up.images, up.labels, names), folder, "digits", {"test": "serve"}, test_fraction=0)

@@ -19,7 +19,8 @@ from PIL import Image
 from ray import serve
 
 from archives import tar_gz_of, zip_of
-from pudnet import PudNet, PudNetConfig, checkpoint
+from pudnet import PudNet, PudNetConfig, checkpoint, shards
+from pudnet.data import ClassBank
 from serve_app import local
 from serve_app.app import ServeArgs, build_app
 
@@ -140,6 +141,12 @@ def test_bad_paths_inside_and_around_the_root(server):
              ({"path": str(server.root / "missing")}, 404, "path_not_found"),
              ({"path": str(server.root / "ok")}, 400, "unreadable_images"),
              ({"path": str(server.root / "ok"), "classes": ["a"]}, 400, "invalid_request")]
+    too_many = MAX_IMAGES + 1
+    shards.write_bank(ClassBank(np.zeros((too_many, 8, 8, 3), np.uint8), np.arange(too_many) % 2, ("s/a", "s/b")),
+                      str(server.root / "shards"), "s", {}, test_fraction=0)
+    cases += [({"path": str(server.root / "shards")}, 413, "too_many_images"),
+              ({"path": str(server.root / "shards"), "classes": ["s/a", "s/zebra"]}, 400, "invalid_dataset"),
+              ({"path": str(server.root / "shards"), "split": "val"}, 400, "invalid_dataset")]
     for request, status, kind in cases:
         assert_rejected(server, post(server, json.dumps(request).encode(), "application/json"), status, kind)
 
