@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import requests
+from safetensors import safe_open
 
 from .config import ARCHITECTURES
 
@@ -69,13 +70,6 @@ def pack_folder(root: Path, out: BinaryIO) -> int:
             for path in paths:
                 archive.write(path, path.relative_to(root).as_posix())
     return sum(len(paths) for paths in files.values())
-
-
-def safetensors_metadata(path: Path) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors file: an 8-byte little-endian header length, then JSON."""
-    with open(path, "rb") as f:
-        size = int.from_bytes(f.read(8), "little")
-        return json.loads(f.read(size)).get("__metadata__", {})
 
 
 def predict(endpoint: str, out: Path, arch: str, out_format: str, data: Path | None = None,
@@ -155,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     summary = f"wrote {out} ({out.stat().st_size} bytes)"
     if out_format == "safetensors":
-        meta = safetensors_metadata(out)
+        with safe_open(out, "numpy") as f:   # the header only: no tensor is read
+            meta = f.metadata() or {}
         summary += (f": {meta.get('architecture')} for classes {json.loads(meta.get('class_names', '[]'))}, "
                     f"self-check accuracy {meta.get('self_check_accuracy') or 'n/a (too few images per class)'}")
     print(summary)
