@@ -136,16 +136,11 @@ def with_ray(args) -> list[str]:
     import ray
 
     from jobs import _ray_utils
-    from jobs.prepare_data import prepare_sources
-    from jobs.train import load_config, main
-    from pudnet.stream import class_split
+    from jobs.train import load_config, main, training_data
 
     ray.init(include_dashboard=False, log_to_driver=False)
     cfg = load_config(overrides=args.overrides)
-    roots = prepare_sources(cfg.sources, cfg.data_dir, cfg.model.image_size, cfg.max_per_class, cfg.test_fraction)
-    split = class_split(cfg.data_dir, Catalog(roots).class_names, cfg.heldout_sources, cfg.intra_fraction,
-                        cfg.min_intra, cfg.split_seed)
-    classes, _ = trainable_classes(Catalog(roots), split.meta_train, cfg.shots + cfg.queries)
+    roots, _, classes = training_data(cfg)
     per_step = cfg.tasks_per_step * cfg.num_workers
     lines = [f"- Ray {ray.__version__}, {ray.cluster_resources().get('CPU')} CPUs; model {cfg.model.arch} "
              f"{cfg.model.image_size}px; {cfg.ways}-way {cfg.shots}+{cfg.queries}, {cfg.tasks_per_step} tasks per "

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import platform
 import sys
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from jobs.prepare_data import prepare_sources
+from jobs.prepare_data import default_data_dir, prepare_sources
 from pudnet import PudNet, PudNetConfig, checkpoint
 from pudnet.config import apply_overrides
 from pudnet.data import SubDatasetSampler, split_classes
@@ -61,8 +60,7 @@ SMOKE_SOURCES = ("digits", "mnist")
 
 def shard_roots(cfg: EvalConfig, train_config: dict, sources: list[str], image_size: int) -> list[str]:
     """The shard directories training read (prepared now if absent), found from the run's own settings."""
-    data_dir = cfg.data_dir or train_config.get("data_dir") or str(
-        Path(os.environ.get("PUDNET_CACHE_DIR") or Path.home() / ".cache" / "pudnet") / "shards")
+    data_dir = cfg.data_dir or train_config.get("data_dir") or default_data_dir()
     return prepare_sources(sources, data_dir, image_size, train_config.get("max_per_class", 1000),
                            train_config.get("test_fraction", 0.2))
 

@@ -24,9 +24,11 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import ray
 
-from pudnet.datasets import CACHE_VERSION, SOURCES, SourceUnavailable, decode_labelled_images, load_class_bank
-from pudnet.shards import (Manifest, absolute, commit, filesystem, join, new_parts_dir, pick_test_images, read_manifest,
-                           shard_path, shard_table, up_to_date, write_bank, write_table)
+from pudnet.datasets import (CACHE_VERSION, SOURCES, SourceUnavailable, decode_labelled_images, default_cache_dir,
+                             load_class_bank)
+from pudnet.shards import (Manifest, absolute, bank_fingerprint, commit, filesystem, join, new_parts_dir,
+                           pick_test_images, read_manifest, shard_path, shard_table, up_to_date, write_bank,
+                           write_table)
 
 BLOCK_ROWS = 1024   # images per Ray Data block (and at most per shard file)
 
@@ -38,6 +40,11 @@ def _list(root: str, recursive: bool = True) -> list[pafs.FileInfo]:
                   key=lambda i: i.path)
 
 
+def _scheme(root: str) -> str:
+    """``s3://`` of ``s3://bucket/x`` ("" for a local path): pyarrow lists paths without it."""
+    return root[:root.index("://") + 3] if "://" in root else ""
+
+
 def _class_files(root: str) -> dict[str, list[str]]:
     """{class folder name: sorted file paths below it}; ValueError if ``root`` has no class folder."""
     fs, base = filesystem(root)
@@ -45,7 +52,7 @@ def _class_files(root: str) -> dict[str, list[str]]:
     classes = {i.base_name: [] for i in top if i.type == pafs.FileType.Directory}
     if not classes:
         raise ValueError(f"{root!r} has no class folders; expected {root}/<class_name>/<image>")
-    scheme = root[:root.index("://") + 3] if "://" in root else ""
+    scheme = _scheme(root)
     for info in _list(root):
         name = info.path[len(base):].strip("/").split("/", 1)[0]
         if info.type == pafs.FileType.File and name in classes and "/" in info.path[len(base):].strip("/"):
@@ -75,7 +82,7 @@ def list_ilsvrc(root: str, val_labels: str | None, max_per_class: int | None) ->
         with fs.open_input_stream(path) as f:
             rows = [line.replace(",", " ").split() for line in f.read().decode().splitlines()]
         label = {r[0].rsplit(".", 1)[0]: r[1] for r in rows if len(r) > 1 and r[0] != "ImageId"}
-        scheme = root[:root.index("://") + 3] if "://" in root else ""
+        scheme = _scheme(root)
         val = {}
         for info in _list(join(root, "val"), recursive=False):
             val.setdefault(label.get(info.base_name.rsplit(".", 1)[0], "?"), []).append(scheme + info.path)
@@ -151,6 +158,11 @@ def prepare_listing(listing: dict[tuple[str, str], list], out: str, source: str,
     return manifest
 
 
+def default_data_dir() -> str:
+    """Where the embedded sources' shards go unless a job names a ``data_dir``."""
+    return str(default_cache_dir() / "shards")
+
+
 def embedded_root(data_dir: str, source: str, image_size: int, max_per_class: int | None) -> str:
     return join(data_dir, f"{source}-{image_size}px-{max_per_class or 'all'}")
 
@@ -160,7 +172,7 @@ def _embedded_fingerprint(source: str, image_size: int, max_per_class: int | Non
             "cache_version": CACHE_VERSION}
 
 
-def _prepare_embedded_batch(batch: dict[str, np.ndarray], data_dir: str, image_size: int, max_per_class: int | None,
+def _prepare_embedded_batch(batch: dict[str, np.ndarray], image_size: int, max_per_class: int | None,
                             test_fraction: float, seed: int) -> dict[str, np.ndarray]:
     source, root = str(batch["source"][0]), str(batch["root"][0])
     try:
@@ -182,15 +194,13 @@ def prepare_embedded(sources: list[str], data_dir: str, image_size: int, max_per
     todo = []
     for source, root in roots.items():
         manifest = read_manifest(root)
-        expected = {**_embedded_fingerprint(source, image_size, max_per_class), "test_fraction": test_fraction,
-                    "seed": seed}
+        expected = bank_fingerprint(_embedded_fingerprint(source, image_size, max_per_class), test_fraction, seed)
         if manifest is None or manifest.fingerprint != expected:
             todo.append({"source": source, "root": root})
     if todo:
         print(f"prepare: writing shards of {[t['source'] for t in todo]} to {data_dir}", flush=True)
         results = ray.data.from_items(todo, override_num_blocks=len(todo)).map_batches(
-            _prepare_embedded_batch, batch_size=1, fn_kwargs=dict(data_dir=data_dir, image_size=image_size,
-                                                                  max_per_class=max_per_class,
+            _prepare_embedded_batch, batch_size=1, fn_kwargs=dict(image_size=image_size, max_per_class=max_per_class,
                                                                   test_fraction=test_fraction, seed=seed)).take_all()
         for r in results:
             print(f"prepare: {r['source']}: {r['status']}", flush=True)

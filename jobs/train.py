@@ -20,7 +20,6 @@ import dataclasses
 import functools
 import json
 import math
-import os
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -34,14 +33,15 @@ import yaml
 
 from jobs import _ray_utils as ru
 from jobs import evaluate
-from jobs.prepare_data import prepare_sources
+from jobs.prepare_data import default_data_dir, prepare_sources
 from pudnet import PudNet, PudNetConfig
 from pudnet.config import apply_overrides, from_dict
+from pudnet.data import ClassSplit, SubDatasetSampler
 from pudnet.evaluate import FAST_METHODS
 from pudnet.meta import Episode, episode_loss, train_step
 from pudnet.shards import Catalog, absolute, join, read_class_bank
-from pudnet.data import ClassSplit, SubDatasetSampler
 from pudnet.stream import class_split, subdatasets, trainable_classes
+
 
 @dataclass
 class TrainConfig:
@@ -124,8 +124,7 @@ def load_config(config: str | None = None, smoke_test: bool = False, overrides: 
     if config:
         cfg = from_dict(TrainConfig, yaml.safe_load(Path(config).read_text()) or {})
     cfg = apply_overrides(cfg, (SMOKE_TEST if smoke_test else []) + list(overrides))
-    data_dir = cfg.data_dir or join(os.environ.get("PUDNET_CACHE_DIR") or str(Path.home() / ".cache/pudnet"), "shards")
-    return dataclasses.replace(cfg, data_dir=absolute(data_dir), storage_path=absolute(cfg.storage_path),
+    return dataclasses.replace(cfg, data_dir=absolute(cfg.data_dir or default_data_dir()), storage_path=absolute(cfg.storage_path),
                                name=cfg.name or f"pudnet-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
@@ -151,6 +150,21 @@ def accuracy(net: PudNet, episodes: list[Episode]) -> float:
     """Mean query accuracy of the targets generated for ``episodes``."""
     net.eval()
     return sum(episode_loss(net, ep)[1].item() for ep in episodes) / len(episodes)
+
+
+def training_data(cfg: TrainConfig) -> tuple[list[str], ClassSplit, list[str]]:
+    """The shard directories (embedded sources sharded on first use), the class split, and the meta-train
+    classes with enough train images for a task: what the stream is built from."""
+    roots = prepare_sources(cfg.sources, cfg.data_dir, cfg.model.image_size, cfg.max_per_class, cfg.test_fraction)
+    catalog = Catalog(roots)
+    if catalog.image_size != cfg.model.image_size:
+        raise ValueError(f"shards at {roots} are {catalog.image_size} px but model.image_size={cfg.model.image_size}")
+    split = class_split(cfg.data_dir, catalog.class_names, cfg.heldout_sources, cfg.intra_fraction, cfg.min_intra,
+                        cfg.split_seed)
+    classes, small = trainable_classes(catalog, split.meta_train, cfg.shots + cfg.queries)
+    print(f"classes: {len(split.meta_train)} meta-train ({len(small)} with < {cfg.shots + cfg.queries} train images "
+          f"left out), {len(split.intra_test)} intra-test, {len(split.inter_test)} inter-test", flush=True)
+    return roots, split, classes
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -212,15 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     started = not ray.is_initialized()
     if started:
         ray.init()   # RAY_ADDRESS (set by `ray job submit`), a `ray start` cluster on this machine, else a new one
-    roots = prepare_sources(cfg.sources, cfg.data_dir, cfg.model.image_size, cfg.max_per_class, cfg.test_fraction)
-    catalog = Catalog(roots)
-    if catalog.image_size != cfg.model.image_size:
-        raise ValueError(f"shards at {roots} are {catalog.image_size} px but model.image_size={cfg.model.image_size}")
-    split = class_split(cfg.data_dir, catalog.class_names, cfg.heldout_sources, cfg.intra_fraction, cfg.min_intra,
-                        cfg.split_seed)
-    classes, small = trainable_classes(catalog, split.meta_train, cfg.shots + cfg.queries)
-    print(f"classes: {len(split.meta_train)} meta-train ({len(small)} with < {cfg.shots + cfg.queries} train images "
-          f"left out), {len(split.intra_test)} intra-test, {len(split.inter_test)} inter-test", flush=True)
+    roots, split, classes = training_data(cfg)
     config = {"cfg": dataclasses.asdict(cfg), "split": split.to_json(), "roots": roots}
     run_dir = join(cfg.storage_path, cfg.name)
     trainer = ray.train.torch.TorchTrainer(

@@ -265,6 +265,11 @@ def _write_cache(path: Path, bank: ClassBank) -> None:
             os.unlink(tmp)
 
 
+def default_cache_dir() -> Path:
+    """``$PUDNET_CACHE_DIR``, else ``~/.cache/pudnet``: decoded sources here, shards under ``shards/``."""
+    return Path(os.environ.get("PUDNET_CACHE_DIR") or Path.home() / ".cache" / "pudnet")
+
+
 def load_class_bank(sources: Sequence[str], image_size: int, max_per_class: int | None,
                     cache_dir: str | os.PathLike | None = None) -> tuple[ClassBank, dict[str, str]]:
     """Pool the available ``sources`` (keys of ``SOURCES``) into one bank, in the given order.
@@ -279,7 +284,7 @@ def load_class_bank(sources: Sequence[str], image_size: int, max_per_class: int 
         raise ValueError(f"sources must be distinct names from {sorted(SOURCES)}; got {sources}, unknown: {unknown}")
     if image_size < 1 or (max_per_class is not None and max_per_class < 1):
         raise ValueError(f"image_size and max_per_class must be >= 1, got {image_size}, {max_per_class}")
-    cache_dir = Path(cache_dir or os.environ.get("PUDNET_CACHE_DIR") or Path.home() / ".cache" / "pudnet")
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     banks, missing = [], {}
     for name in sources:
         path = cache_path(cache_dir, name, image_size, max_per_class)

@@ -36,7 +36,7 @@ ROW_GROUP_BYTES = 1 << 20
 
 def filesystem(path_or_uri: str) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path inside it) for a local path or a URI such as ``s3://bucket/shards``."""
-    return pafs.FileSystem.from_uri(absolute(path_or_uri)) if "://" in path_or_uri else (
+    return pafs.FileSystem.from_uri(path_or_uri) if "://" in path_or_uri else (
         pafs.LocalFileSystem(), os.path.abspath(path_or_uri))
 
 
@@ -169,13 +169,18 @@ def up_to_date(root: str, fingerprint: dict, overwrite: bool) -> Manifest | None
     return None
 
 
+def bank_fingerprint(fingerprint: dict, test_fraction: float, seed: int) -> dict:
+    """What :func:`write_bank` records: the caller's fingerprint plus how test images were picked."""
+    return {**fingerprint, "test_fraction": test_fraction, "seed": seed}
+
+
 def write_bank(bank: ClassBank, root: str, source: str, fingerprint: dict, test_fraction: float = 0.2,
                seed: int = 0, overwrite: bool = False) -> Manifest:
     """Write an in-memory bank as shards, each class's test images chosen by :func:`pick_test_images`.
 
     A re-run with the same fingerprint returns the existing manifest untouched.
     """
-    fingerprint = {**fingerprint, "test_fraction": test_fraction, "seed": seed}
+    fingerprint = bank_fingerprint(fingerprint, test_fraction, seed)
     existing = up_to_date(root, fingerprint, overwrite)
     if existing is not None:
         return existing

@@ -34,6 +34,7 @@ from .paths import DatasetPath, load_path
 from .schemas import (PREDICT_BODY, PREDICT_RESPONSES, Arch, Health, HotSwap, ModelInfo, ModelsResponse, OutFormat,
                       ServeArgs)
 
+
 class Metrics:
     """Custom series on the Ray dashboard / Prometheus, beside Serve's own request metrics."""
 
