@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -35,17 +34,12 @@ from safetensors.torch import load_file
 from jobs.train import load_config
 from pudnet import targets
 from pudnet.datasets import load_class_bank
+from serve_app.local import free_port
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[1]
 ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}   # the whole cluster stops: no node to drain work to
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(args: list[str], env: dict, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -5,7 +5,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from pudnet import checkpoint
 from pudnet.data import ClassBank
 from pudnet.shards import pick_test_images, write_bank
 from pudnet.stream import subdatasets
+from serve_app.local import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
@@ -82,12 +82,6 @@ def test_smoke_test_end_to_end_prints_the_table_and_writes_a_loadable_checkpoint
     assert loaded.model.cfg.hidden == 32 and set(loaded.split.inter_test) == {f"digits/{d}" for d in range(10)}
     assert json.loads(loaded.metadata["train_config"])["steps"] == 6
     assert records(Path(path).parent)[-1]["step"] == 6
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @integration
