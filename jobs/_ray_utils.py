@@ -100,13 +100,14 @@ def restore(ckpt: ray.train.Checkpoint | None, net: PudNet, optimizer, scheduler
 
 
 def report(metrics: dict, net: PudNet | None = None, optimizer=None, scheduler=None, split=None,
-           config: dict | None = None) -> None:
+           config: dict | None = None, roots: list[str] | None = None) -> None:
     """``ray.train.report``; with ``net`` (rank 0 only) a checkpoint goes with it."""
     if net is None:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as d:
-        checkpoint.save(d, net, split, extra={"train_config": json.dumps(config), "step": str(metrics["step"])})
+        checkpoint.save(d, net, split, extra={"train_config": json.dumps(config), "shard_roots": json.dumps(roots),
+                                                "step": str(metrics["step"])})
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, Path(d, OPTIMIZER_FILE))
         Path(d, STATE_FILE).write_text(json.dumps({"step": metrics["step"], "metrics": metrics}, indent=1))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))

@@ -206,7 +206,7 @@ def train_loop_per_worker(config: dict) -> None:
                     with autocast():
                         metrics["val_accuracy"] = accuracy(net, val)
                 reporter.log(metrics, window.tasks)
-            ru.report(metrics, *((net, optimizer, scheduler, split, config["cfg"]) if save and rank == 0 else ()))
+            ru.report(metrics, *((net, optimizer, scheduler, split, config["cfg"], roots) if save and rank == 0 else ()))
             window = ru.StepWindow(window.tasks_per_step, window.images_per_task)
         if step == cfg.fail_at_step and rank == world - 1:
             ru.inject_failure(run_dir, step)
