@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import ray
 
+from jobs.connect import ray_cluster, run_job
 from pudnet.datasets import (CACHE_VERSION, SOURCES, SourceUnavailable, decode_labelled_images, default_cache_dir,
                              load_class_bank)
 from pudnet.shards import (Manifest, absolute, bank_fingerprint, commit, filesystem, join, new_parts_dir,
@@ -199,9 +199,11 @@ def prepare_embedded(sources: list[str], data_dir: str, image_size: int, max_per
             todo.append({"source": source, "root": root})
     if todo:
         print(f"prepare: writing shards of {[t['source'] for t in todo]} to {data_dir}", flush=True)
-        results = ray.data.from_items(todo, override_num_blocks=len(todo)).map_batches(
-            _prepare_embedded_batch, batch_size=1, fn_kwargs=dict(image_size=image_size, max_per_class=max_per_class,
-                                                                  test_fraction=test_fraction, seed=seed)).take_all()
+        with ray_cluster():   # the caller's cluster, else a local one stopped when the shards are written
+            results = ray.data.from_items(todo, override_num_blocks=len(todo)).map_batches(
+                _prepare_embedded_batch, batch_size=1,
+                fn_kwargs=dict(image_size=image_size, max_per_class=max_per_class, test_fraction=test_fraction,
+                               seed=seed)).take_all()
         for r in results:
             print(f"prepare: {r['source']}: {r['status']}", flush=True)
             if r["status"].startswith("absent"):
@@ -232,11 +234,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sources", default=",".join(SOURCES), help="embedded: comma-separated source names")
     parser.add_argument("--val-labels", help="ilsvrc: label file for a flat val/ folder")
     parser.add_argument("--overwrite", action="store_true", help="replace shards made with other settings")
+    parser.add_argument("--address", help="Ray cluster (host:port, auto); default RAY_ADDRESS, else a new local one")
     args = parser.parse_args(argv)
     if args.kind != "embedded" and not args.root:
         parser.error(f"{args.kind} needs ROOT, the source folder or URI")
-    if not ray.is_initialized():
-        ray.init()   # RAY_ADDRESS (set by `ray job submit`), a `ray start` cluster on this machine, else a new one
+    with ray_cluster(args.address):
+        prepare(args)
+
+
+def prepare(args: argparse.Namespace) -> None:
     if args.kind == "embedded":
         prepare_embedded(args.sources.split(","), args.out, args.image_size, args.max_per_class, args.test_fraction,
                          args.seed)
@@ -254,4 +260,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_job(main)

@@ -3,6 +3,7 @@
     python jobs/train.py                     # embedded default: local Ray cluster, 2 CPU workers, then evaluation
     python jobs/train.py --smoke-test        # tiny config, 2 workers, a few steps: about a minute on 2 cores
     python jobs/train.py --config cluster/configs/single_gpu.yaml steps=20000 model.hidden=256
+    python jobs/train.py --address HEAD:6379 ...  # an existing cluster (also RAY_ADDRESS); default: a new local one
     ray job submit --working-dir . -- python jobs/train.py --config cluster/configs/imagenet_resnet18.yaml
 
 Embedded sources are written as shards into ``data_dir`` on first use (``jobs/prepare_data.py embedded``);
@@ -33,6 +34,7 @@ import yaml
 
 from jobs import _ray_utils as ru
 from jobs import evaluate
+from jobs.connect import ray_cluster, run_job
 from jobs.prepare_data import default_data_dir, prepare_sources
 from pudnet import PudNet, PudNetConfig
 from pudnet.config import apply_overrides, from_dict
@@ -216,6 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="TrainConfig YAML (cluster/configs/)")
     parser.add_argument("--smoke-test", action="store_true", help="tiny CPU config: 2 workers, a few steps")
+    parser.add_argument("--address", help="Ray cluster (host:port, auto); default RAY_ADDRESS, else a new local one")
     parser.add_argument("overrides", nargs="*", help="key=value, nested as model.arch=resnet18")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.smoke_test, args.overrides)
@@ -223,9 +226,20 @@ def main(argv: list[str] | None = None) -> None:
                             cwd=Path(__file__).parent).stdout.strip() or "unknown"
     print(json.dumps({"config": dataclasses.asdict(cfg), "git_commit": commit, **ru.versions(),
                       "world_size": cfg.num_workers}, indent=1), flush=True)
-    started = not ray.is_initialized()
-    if started:
-        ray.init()   # RAY_ADDRESS (set by `ray job submit`), a `ray start` cluster on this machine, else a new one
+    with ray_cluster(args.address) as where:
+        print(f"ray cluster: {where}", flush=True)
+        result = fit(cfg)
+    run_dir = join(cfg.storage_path, cfg.name)
+    print(f"\nfinal checkpoint: {result.checkpoint.path} (metrics: {run_dir}/{ru.METRICS_FILE})", flush=True)
+    if cfg.eval_tasks:   # after the cluster is gone: evaluation needs none, and the timed methods get every CPU
+        with result.checkpoint.as_directory() as d:
+            evaluate.run(evaluate.EvalConfig(checkpoint=d, tasks=cfg.eval_tasks, ways=cfg.ways, shots=cfg.shots,
+                                             queries=cfg.queries, max_per_class=cfg.eval_images_per_class,
+                                             methods=FAST_METHODS + ("pudnet_ft10",), seed=cfg.seed))
+
+
+def fit(cfg: TrainConfig) -> ray.train.Result:
+    """Shard the data if needed, then meta-train on the connected cluster; returns Ray Train's result."""
     roots, split, classes = training_data(cfg)
     config = {"cfg": dataclasses.asdict(cfg), "split": split.to_json(), "roots": roots}
     run_dir = join(cfg.storage_path, cfg.name)
@@ -238,16 +252,8 @@ def main(argv: list[str] | None = None) -> None:
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.num_to_keep),
                                        failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures)),
         datasets={"train": functools.partial(ru.make_stream, config["cfg"], roots, classes, run_dir)})
-    result = trainer.fit()
-    print(f"\nfinal checkpoint: {result.checkpoint.path} (metrics: {run_dir}/{ru.METRICS_FILE})", flush=True)
-    if cfg.eval_tasks:
-        with result.checkpoint.as_directory() as d:
-            if started:
-                ray.shutdown()   # evaluation needs no cluster: give its CPUs to the timed methods
-            evaluate.run(evaluate.EvalConfig(checkpoint=d, tasks=cfg.eval_tasks, ways=cfg.ways, shots=cfg.shots,
-                                             queries=cfg.queries, max_per_class=cfg.eval_images_per_class,
-                                             methods=FAST_METHODS + ("pudnet_ft10",), seed=cfg.seed))
+    return trainer.fit()
 
 
 if __name__ == "__main__":
-    main()
+    run_job(main)

@@ -1,5 +1,13 @@
-"""Shared fixtures: a small real class bank and a briefly meta-trained PudNet checkpoint."""
+"""Shared fixtures: a small real class bank and a briefly meta-trained PudNet checkpoint.
+
+Tests write only into temporary directories: the data cache is ``$PUDNET_CACHE_DIR`` where the caller chose one
+(CI gives a fresh temporary one), else a temporary directory removed after the session; never ``~/.cache``.
+"""
+import atexit
 import os
+import shutil
+import sys
+import tempfile
 
 import pytest
 import torch
@@ -9,12 +17,26 @@ from pudnet.data import SubDatasetSampler, split_classes
 from pudnet.datasets import load_class_bank
 from pudnet.meta import Episode, train_step
 
+if not os.environ.get("PUDNET_CACHE_DIR"):
+    os.environ["PUDNET_CACHE_DIR"] = tempfile.mkdtemp(prefix="pudnet-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["PUDNET_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # Every test cluster is a throwaway one on 127.0.0.1. Ray reads the auth mode once per process: a token-auth
 # driver left by one module rejects the raylet of the next module's auth-off cluster, whose actors then never start.
 os.environ["RAY_AUTH_MODE"] = "disabled"
 TINY_MODEL = dict(target_kwargs={"depth": 3, "width": 32}, encoder_width=16, hidden=64, layer_embedding=16,
                   max_classes=10)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_cluster_outlives_its_module(request):
+    """Every module shuts down the Ray it started, so the next module's own cluster can start (issue: a job
+    function that left Ray initialised made every later module fail with "Maybe you called ray.init twice")."""
+    yield
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+        pytest.fail(f"{request.module.__name__} left Ray initialised")
 
 
 @pytest.fixture(scope="session")
