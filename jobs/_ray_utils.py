@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 from ray.util.metrics import Counter, Gauge
 
+from jobs import progress
 from pudnet import checkpoint
 from pudnet.data import ClassSplit
 from pudnet.model import PudNet
@@ -156,7 +157,7 @@ class Reporter:
                        for k in self.GAUGES}
         self.tasks = Counter("pudnet_train_tasks", description="sub-datasets trained on", tag_keys=("run",))
         self._append({"event": "start", **start})
-        say(f"[pudnet] start: {json.dumps(start)}")
+        say(progress.line({"event": "start", **start}, steps))
 
     def log(self, metrics: dict, tasks: int) -> None:
         metrics["elapsed_s"] = time.perf_counter() - self.start
@@ -167,10 +168,7 @@ class Reporter:
             if metrics.get(k) is not None:
                 gauge.set(float(metrics[k]), tags=self.tags)
         self.tasks.inc(tasks, tags=self.tags)
-        shown = [f"{k}={metrics[k]:.4g}" for k in ("loss", "query_accuracy", "val_accuracy", "lr", "tasks_per_s",
-                                                   "images_per_s", "data_wait_fraction", "gpu_memory_gb", "elapsed_s")
-                 if metrics.get(k) is not None]
-        say(f"[pudnet] step={metrics['step']}/{self.steps} " + " ".join(shown))
+        say(progress.line(metrics, self.steps))
 
     def _append(self, record: dict) -> None:
         """Rewrite the whole (small) file: object stores cannot append."""

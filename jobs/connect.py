@@ -76,11 +76,13 @@ def ray_cluster(address: str | None = None, num_cpus: int | None = None) -> Iter
         yield "the caller's cluster"
         return
     address, source = resolve(address)
+    quiet = {"log_to_driver": False}   # workers' output stays in the Ray logs; jobs print their own progress
     if address == LOCAL:
-        ray.init(address=LOCAL, num_cpus=num_cpus or os.cpu_count(), object_store_memory=LOCAL_OBJECT_STORE_BYTES)
+        ray.init(address=LOCAL, num_cpus=num_cpus or os.cpu_count(), object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+                 **quiet)
     else:
         probe(address, source)
-        ray.init(address=address)
+        ray.init(address=address, **quiet)
     try:
         yield address
     finally:

@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import logging
 import math
 import subprocess
 import time
@@ -36,6 +37,7 @@ from jobs import _ray_utils as ru
 from jobs import evaluate
 from jobs.connect import ray_cluster, run_job
 from jobs.prepare_data import default_data_dir, prepare_sources
+from jobs.progress import RunProgress
 from pudnet import PudNet, PudNetConfig
 from pudnet.config import apply_overrides, from_dict
 from pudnet.data import ClassSplit, SubDatasetSampler
@@ -226,10 +228,13 @@ def main(argv: list[str] | None = None) -> None:
                             cwd=Path(__file__).parent).stdout.strip() or "unknown"
     print(json.dumps({"config": dataclasses.asdict(cfg), "git_commit": commit, **ru.versions(),
                       "world_size": cfg.num_workers}, indent=1), flush=True)
-    with ray_cluster(args.address) as where:
-        print(f"ray cluster: {where}", flush=True)
-        result = fit(cfg)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)   # our own lines say what the data steps do
     run_dir = join(cfg.storage_path, cfg.name)
+    with ray_cluster(args.address) as where:
+        print(f"ray cluster: {where}; worker logs on its dashboard", flush=True)
+        roots, split, classes = training_data(cfg)
+        with RunProgress(join(run_dir, ru.METRICS_FILE), cfg.steps):
+            result = fit(cfg, roots, split, classes)
     print(f"\nfinal checkpoint: {result.checkpoint.path} (metrics: {run_dir}/{ru.METRICS_FILE})", flush=True)
     if cfg.eval_tasks:   # after the cluster is gone: evaluation needs none, and the timed methods get every CPU
         with result.checkpoint.as_directory() as d:
@@ -238,9 +243,9 @@ def main(argv: list[str] | None = None) -> None:
                                              methods=FAST_METHODS + ("pudnet_ft10",), seed=cfg.seed))
 
 
-def fit(cfg: TrainConfig) -> ray.train.Result:
-    """Shard the data if needed, then meta-train on the connected cluster; returns Ray Train's result."""
-    roots, split, classes = training_data(cfg)
+def fit(cfg: TrainConfig, roots: list[str], split: ClassSplit, classes: list[str]) -> ray.train.Result:
+    """Meta-train on the connected cluster; returns Ray Train's result."""
+    ray.data.DataContext.get_current().enable_progress_bars = False   # the driver's RunProgress is the one display
     config = {"cfg": dataclasses.asdict(cfg), "split": split.to_json(), "roots": roots}
     run_dir = join(cfg.storage_path, cfg.name)
     trainer = ray.train.torch.TorchTrainer(
