@@ -211,14 +211,20 @@ def prepare_embedded(sources: list[str], data_dir: str, image_size: int, max_per
     return roots
 
 
+def source_root(source: str, data_dir: str, image_size: int, max_per_class: int | None) -> str:
+    """The shard directory a job's source name means: an embedded source's folder in data_dir, else the name
+    itself as a shard directory (a URI, an absolute path, or a folder of data_dir)."""
+    if source in SOURCES:
+        return embedded_root(data_dir, source, image_size, max_per_class)
+    return absolute(source if "://" in source or os.path.isabs(source) else join(data_dir, source))
+
+
 def prepare_sources(sources: list[str], data_dir: str, image_size: int, max_per_class: int | None,
                     test_fraction: float = 0.2) -> list[str]:
-    """Each source's shard directory: embedded ones written into data_dir on first use (absent ones left out),
-    others taken as shard directories (a URI, an absolute path, or a folder of data_dir)."""
+    """Each source's shard directory (``source_root``), embedded ones written on first use (absent ones left out)."""
     prepared = prepare_embedded([s for s in sources if s in SOURCES], data_dir, image_size, max_per_class,
                                 test_fraction)
-    return [prepared[s] if s in SOURCES else absolute(s if "://" in s or os.path.isabs(s) else join(data_dir, s))
-            for s in sources if s in prepared or s not in SOURCES]
+    return [source_root(s, data_dir, image_size, max_per_class) for s in sources if s in prepared or s not in SOURCES]
 
 
 def main(argv: list[str] | None = None) -> None:

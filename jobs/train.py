@@ -36,7 +36,7 @@ import yaml
 from jobs import _ray_utils as ru
 from jobs import evaluate
 from jobs.connect import ray_cluster, run_job
-from jobs.prepare_data import default_data_dir, prepare_sources
+from jobs.prepare_data import default_data_dir, prepare_sources, source_root
 from jobs.progress import RunProgress
 from pudnet import PudNet, PudNetConfig
 from pudnet.config import apply_overrides, from_dict
@@ -163,8 +163,10 @@ def training_data(cfg: TrainConfig) -> tuple[list[str], ClassSplit, list[str]]:
     catalog = Catalog(roots)
     if catalog.image_size != cfg.model.image_size:
         raise ValueError(f"shards at {roots} are {catalog.image_size} px but model.image_size={cfg.model.image_size}")
-    split = class_split(cfg.data_dir, catalog.class_names, cfg.heldout_sources, cfg.intra_fraction, cfg.min_intra,
-                        cfg.split_seed)
+    # a source's classes are named by its manifest (a folder source `pets-32px` holds classes `pets/...`)
+    held = {absolute(source_root(s, cfg.data_dir, cfg.model.image_size, cfg.max_per_class)) for s in cfg.heldout_sources}
+    heldout = [m.source for root, m in zip(catalog.roots, catalog.manifests) if root in held]
+    split = class_split(cfg.data_dir, catalog.class_names, heldout, cfg.intra_fraction, cfg.min_intra, cfg.split_seed)
     classes, small = trainable_classes(catalog, split.meta_train, cfg.shots + cfg.queries)
     print(f"classes: {len(split.meta_train)} meta-train ({len(small)} with < {cfg.shots + cfg.queries} train images "
           f"left out), {len(split.intra_test)} intra-test, {len(split.inter_test)} inter-test", flush=True)
