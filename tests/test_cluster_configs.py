@@ -350,7 +350,7 @@ def test_every_kind_of_file_is_present():
     names = {p.name for p in CLUSTER.iterdir()}
     assert {"ray-cluster.pudnet.yaml", "ray-job.imagenet-resnet18.yaml", "ray-service.pudnet.yaml",
             "ray-up.aws-gpu.yaml", "Dockerfile", "README.md"} <= names
-    assert {"embedded_default.yaml", "single_gpu.yaml", "imagenet_resnet18.yaml"} <= {
+    assert {"embedded_default.yaml", "embedded_resnet18.yaml", "single_gpu.yaml", "imagenet_resnet18.yaml"} <= {
         p.name for p in (CLUSTER / "configs").iterdir()}
 
 
