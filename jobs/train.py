@@ -239,14 +239,19 @@ def main(argv: list[str] | None = None) -> None:
                                        failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures)),
         datasets={"train": functools.partial(ru.make_stream, config["cfg"], roots, classes, run_dir)})
     result = trainer.fit()
-    print(f"\nfinal checkpoint: {result.checkpoint.path} (metrics: {run_dir}/{ru.METRICS_FILE})", flush=True)
+    written = [evaluate.training_curves(run_dir)]
     if cfg.eval_tasks:
         with result.checkpoint.as_directory() as d:
             if started:
                 ray.shutdown()   # evaluation needs no cluster: give its CPUs to the timed methods
-            evaluate.run(evaluate.EvalConfig(checkpoint=d, tasks=cfg.eval_tasks, ways=cfg.ways, shots=cfg.shots,
-                                             queries=cfg.queries, max_per_class=cfg.eval_images_per_class,
-                                             methods=FAST_METHODS + ("pudnet_ft10",), seed=cfg.seed))
+            report = evaluate.run(evaluate.EvalConfig(
+                checkpoint=d, tasks=cfg.eval_tasks, ways=cfg.ways, shots=cfg.shots, queries=cfg.queries,
+                max_per_class=cfg.eval_images_per_class, methods=FAST_METHODS + ("pudnet_ft10",), seed=cfg.seed,
+                protocols=("tasks",) if args.smoke_test else ("tasks", "whole")))   # whole: minutes, not seconds
+        written += evaluate.write_report(report, run_dir)
+    print(f"\nfinal checkpoint: {result.checkpoint.path}\nmetrics: {run_dir}/{ru.METRICS_FILE}", flush=True)
+    for path in written:
+        print(f"wrote {path}", flush=True)
 
 
 if __name__ == "__main__":
