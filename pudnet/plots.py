@@ -37,6 +37,7 @@ def _panel(ax, result: dict, title: str) -> None:
         ax.plot([p["seconds"] for p in curve], [100 * p["test"] for p in curve], "k-", marker=".", ms=3,
                 label="Adam from scratch (curve; stops on validation)")
     ax.set(xscale="log", xlabel="wall seconds (log)", ylabel="test accuracy (%)", title=title)
+    ax.xaxis.set_minor_formatter("")     # minor-tick labels of a short log axis overlap
     ax.grid(alpha=0.3)
 
 
