@@ -237,12 +237,17 @@ def main(argv: list[str] | None = None) -> None:
         roots, split, classes = training_data(cfg)
         with RunProgress(join(run_dir, ru.METRICS_FILE), cfg.steps):
             result = fit(cfg, roots, split, classes)
-    print(f"\nfinal checkpoint: {result.checkpoint.path} (metrics: {run_dir}/{ru.METRICS_FILE})", flush=True)
+    written = [evaluate.training_curves(run_dir)]
     if cfg.eval_tasks:   # after the cluster is gone: evaluation needs none, and the timed methods get every CPU
         with result.checkpoint.as_directory() as d:
-            evaluate.run(evaluate.EvalConfig(checkpoint=d, tasks=cfg.eval_tasks, ways=cfg.ways, shots=cfg.shots,
-                                             queries=cfg.queries, max_per_class=cfg.eval_images_per_class,
-                                             methods=FAST_METHODS + ("pudnet_ft10",), seed=cfg.seed))
+            report = evaluate.run(evaluate.EvalConfig(
+                checkpoint=d, tasks=cfg.eval_tasks, ways=cfg.ways, shots=cfg.shots, queries=cfg.queries,
+                max_per_class=cfg.eval_images_per_class, methods=FAST_METHODS + ("pudnet_ft10",), seed=cfg.seed,
+                protocols=("tasks",) if args.smoke_test else ("tasks", "whole")))   # whole: minutes, not seconds
+        written += evaluate.write_report(report, run_dir)
+    print(f"\nfinal checkpoint: {result.checkpoint.path}\nmetrics: {run_dir}/{ru.METRICS_FILE}", flush=True)
+    for path in written:
+        print(f"wrote {path}", flush=True)
 
 
 def fit(cfg: TrainConfig, roots: list[str], split: ClassSplit, classes: list[str]) -> ray.train.Result:

@@ -1,9 +1,11 @@
-"""PudNet against no-learning baselines and SGD from scratch, on unseen sub-datasets.
+"""PudNet against no-learning baselines, a linear probe and SGD from scratch, on unseen tasks.
 
 Every method sees the same support images of a task and is scored on the task's test images
 (never used to learn or to stop). SGD/Adam stops early on the task's query images, used as a
-validation split. Weights are always evaluated the same way: BatchNorm statistics recomputed
-on the support set, target run in eval mode (``TargetRunner``).
+validation split (in the whole-dataset protocol, ``pudnet.whole``, a split cut from the support
+set that Adam then does not train on). Weights are always evaluated the same way: BatchNorm
+statistics recomputed on (at most ``max_stats_images`` of) the support set, target run in eval
+mode (``TargetRunner``), images passed in chunks so a whole dataset fits in memory.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from .model import PudNet, prototype_head
 from .targets import build
 
 FAST_METHODS = ("random_init", "ncm_pixels", "random_prototype", "pudnet")
+CHUNK = 512          # images per forward pass when a method scores or featurises many images
 
 
 @dataclass(frozen=True)
@@ -52,11 +55,37 @@ class TaskResult:
     sgd_curve: list[Point] = field(default_factory=list)
 
 
+def ridge_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
+               lambdas: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Least squares on one-hot targets with an intercept, ridge strength picked by leave-one-out error.
+
+    features (N, F), labels (N,) -> weight (K, F), bias (K,). ``lambdas`` are relative to the mean
+    squared singular value; the leave-one-out residuals come in closed form from one SVD.
+    """
+    mu = features.mean(0)
+    y = F.one_hot(labels, num_classes).to(features.dtype)
+    y_mean = y.mean(0)
+    u, s, vh = torch.linalg.svd(features - mu, full_matrices=False)         # (N, r), (r,), (r, F)
+    uy, s2 = u.t() @ (y - y_mean), s.pow(2)                                  # (r, K)
+    best = None
+    for lam in lambdas:
+        shrink = s2 / (s2 + lam * s2.mean())
+        hat = u.pow(2) @ shrink + 1 / len(labels)                            # diagonal of the hat matrix
+        residual = (y - y_mean - u @ (shrink[:, None] * uy)) / (1 - hat).clamp_min(1e-6)[:, None]
+        loo = float(residual.pow(2).mean())
+        if best is None or loo < best[0]:
+            best = (loo, lam)
+    w = vh.t() @ ((s / (s2 + best[1] * s2.mean()))[:, None] * uy)            # (F, K)
+    return w.t(), y_mean - mu @ w
+
+
 class Evaluator:
-    def __init__(self, model: PudNet, settings: SGDSettings = SGDSettings(), seed: int = 0):
+    def __init__(self, model: PudNet, settings: SGDSettings = SGDSettings(), seed: int = 0,
+                 max_stats_images: int = 1024):
         self.model, self.settings, self.seed = model.eval(), settings, seed
         self.cfg, self.runner = model.cfg, model.target
         self.device = next(model.parameters()).device
+        self.max_stats_images = max_stats_images
 
     def tensors(self, task: SubDataset):
         t = lambda a: to_tensor(a, self.cfg.mean, self.cfg.std).to(self.device)
@@ -65,20 +94,45 @@ class Evaluator:
 
     @torch.no_grad()
     def accuracy(self, weights, x, y) -> float:
-        return float((self.runner(weights, x).argmax(1) == y).float().mean())
+        correct = sum(int((self.runner(weights, xb).argmax(1) == yb).sum()) for xb, yb in zip(x.split(CHUNK),
+                                                                                              y.split(CHUNK)))
+        return correct / len(y)
+
+    @torch.no_grad()
+    def features(self, weights, x) -> torch.Tensor:
+        """(N, F) head inputs in eval mode, in chunks: the target run with an identity head."""
+        head, dim = self.runner.spec.head, self.runner.spec.feature_dim
+        identity = {**weights, f"{head.name}.weight": torch.eye(dim, device=x.device)}
+        if head.has_bias:
+            identity[f"{head.name}.bias"] = x.new_zeros(dim)
+        return torch.cat([self.runner(identity, xb) for xb in x.split(CHUNK)])
 
     def _net(self, k: int, index: int) -> torch.nn.Module:
         torch.manual_seed(self.seed * 100_003 + index)
         return build(self.cfg.arch, k, **self.cfg.target_kwargs).to(self.device)
 
     def _weights(self, net: torch.nn.Module, support_x) -> dict[str, torch.Tensor]:
-        """The net's parameters with BatchNorm statistics recomputed on the support set."""
+        """The net's parameters with BatchNorm statistics recomputed on the support set (a fixed seeded
+        subset of ``max_stats_images`` when it is larger: one pass, bounded memory)."""
         params = {k: v.detach() for k, v in net.named_parameters()}
+        if len(support_x) > self.max_stats_images:
+            g = torch.Generator().manual_seed(self.seed)
+            support_x = support_x[torch.randperm(len(support_x), generator=g)[:self.max_stats_images].to(self.device)]
         with torch.no_grad():
             stats, _ = self.runner.support_pass(params, support_x)
         return {**params, **stats}
 
-    def run(self, task: SubDataset, index: int, methods: tuple[str, ...]) -> TaskResult:
+    def _fit_head(self, k: int, index: int, sx, sy, head_fn) -> dict[str, torch.Tensor]:
+        """A random target net (BatchNorm statistics from the support set) with a head fitted on its features."""
+        weights = self._weights(self._net(k, index), sx)
+        head = self.runner.spec.head.name
+        weights[f"{head}.weight"], weights[f"{head}.bias"] = head_fn(self.features(weights, sx), sy, k)
+        return weights
+
+    def run(self, task: SubDataset, index: int, methods: tuple[str, ...],
+            sgd_rows: torch.Tensor | None = None) -> TaskResult:
+        """Every method in ``methods`` on ``task``; Adam from scratch trains on the support rows ``sgd_rows``
+        (default: all), the other methods learn from the whole support set."""
         (sx, sy), (qx, qy), (tx, ty) = self.tensors(task)
         k, out = task.num_classes, TaskResult()
         if "random_init" in methods:
@@ -92,14 +146,12 @@ class Evaluator:
             weight, bias = prototype_head(sx.flatten(1), sy, k, 1.0)
             pred = (tx.flatten(1) @ weight.t() + bias).argmax(1)
             out.scores["ncm_pixels"] = (float((pred == ty).float().mean()), time.perf_counter() - start)
-        if "random_prototype" in methods:
-            start = time.perf_counter()
-            weights = self._weights(self._net(k, index), sx)
-            head = self.runner.spec.head.name
-            with torch.no_grad():
-                _, feats = self.runner.support_pass(weights, sx)
-                weights[f"{head}.weight"], weights[f"{head}.bias"] = prototype_head(feats, sy, k, 1.0)
-            out.scores["random_prototype"] = (self.accuracy(weights, tx, ty), time.perf_counter() - start)
+        for method, head_fn in (("random_prototype", lambda f, y, k: prototype_head(f, y, k, 1.0)),
+                                ("linear_probe", ridge_head)):
+            if method in methods:
+                start = time.perf_counter()
+                weights = self._fit_head(k, index, sx, sy, head_fn)
+                out.scores[method] = (self.accuracy(weights, tx, ty), time.perf_counter() - start)
         predicted = None
         if any(m.startswith("pudnet") for m in methods):
             start = time.perf_counter()
@@ -109,11 +161,16 @@ class Evaluator:
                 torch.accelerator.synchronize()
             gen_s = time.perf_counter() - start
             out.scores["pudnet"] = (self.accuracy(predicted, tx, ty), gen_s)
-            steps = [s for s in self.settings.finetune_steps if f"pudnet_ft{s}" in methods]
-            if steps:
-                for step, seconds, weights in self._finetune(predicted, k, index, sx, sy, steps):
-                    out.scores[f"pudnet_ft{step}"] = (self.accuracy(weights, tx, ty), gen_s + seconds)
+            wanted = {f"pudnet_ft{s}": s for s in self.settings.finetune_steps if f"pudnet_ft{s}" in methods}
+            if "pudnet_ft1epoch" in methods:
+                wanted["pudnet_ft1epoch"] = math.ceil(len(sy) / (self.settings.finetune_batch_size or len(sy)))
+            if wanted:
+                for step, seconds, weights in self._finetune(predicted, k, index, sx, sy, set(wanted.values())):
+                    accuracy = self.accuracy(weights, tx, ty)
+                    out.scores.update({m: (accuracy, gen_s + seconds) for m, s in wanted.items() if s == step})
         if any(m.startswith("sgd") for m in methods):
+            if sgd_rows is not None:
+                sx, sy = sx[sgd_rows.to(self.device)], sy[sgd_rows.to(self.device)]
             out.sgd_curve = self._sgd(k, index, (sx, sy), (qx, qy), (tx, ty))
             epoch_steps = math.ceil(len(sy) / self.settings.batch_size)
             best = max(out.sgd_curve[1:], key=lambda p: (p.val, -p.step))   # earliest best validation epoch
@@ -122,6 +179,7 @@ class Evaluator:
             # the weights of the best validation epoch, but the time of the whole run: early stopping only
             # knows an epoch was best after `patience` more epochs
             out.scores["sgd_converged"] = (best.test, out.sgd_curve[-1].seconds)
+        out.scores = {m: score for m, score in out.scores.items() if m in methods}
         return out
 
     def _batches(self, n: int, index: int, batch_size: int):
@@ -189,19 +247,24 @@ def summarize(results: list[TaskResult]) -> dict[str, dict[str, float]]:
     return summary
 
 
+def mean_curve(results: list[TaskResult]) -> list[dict[str, float]]:
+    """SGD from scratch's curve averaged over tasks, point by point (a stopped task keeps its last point)."""
+    length = max(len(r.sgd_curve) for r in results)
+    padded = [r.sgd_curve + [r.sgd_curve[-1]] * (length - len(r.sgd_curve)) for r in results]
+    return [{"step": padded[0][i].step, **{key: float(np.mean([getattr(c[i], key) for c in padded]))
+                                           for key in ("seconds", "val", "test")}} for i in range(length)]
+
+
 def time_to_equal_accuracy(results: list[TaskResult]) -> dict[str, float | bool]:
     """How long SGD from scratch takes to match PudNet's mean accuracy, over PudNet's time.
 
-    Uses the mean SGD curve over tasks (a stopped task keeps its last point). If SGD never
-    matches, the ratio is a lower bound (``reached`` False) from SGD's longest mean time.
+    Uses the mean SGD curve over tasks. If SGD never matches, the ratio is a lower bound
+    (``reached`` False) from SGD's longest mean time.
     """
     target = float(np.mean([r.scores["pudnet"][0] for r in results]))
     pudnet_s = float(np.mean([r.scores["pudnet"][1] for r in results]))
-    length = max(len(r.sgd_curve) for r in results)
-    padded = [r.sgd_curve + [r.sgd_curve[-1]] * (length - len(r.sgd_curve)) for r in results]
-    for i in range(length):
-        acc = float(np.mean([c[i].test for c in padded]))
-        seconds = float(np.mean([c[i].seconds for c in padded]))
+    for point in mean_curve(results):
+        acc, seconds = point["test"], point["seconds"]
         if acc >= target:
             return {"ratio": seconds / pudnet_s, "sgd_seconds": seconds, "pudnet_seconds": pudnet_s,
                     "pudnet_accuracy": target, "sgd_accuracy": acc, "reached": True}
@@ -211,28 +274,36 @@ def time_to_equal_accuracy(results: list[TaskResult]) -> dict[str, float | bool]
 
 METHOD_LABELS = {
     "random_init": "random init (no learning)", "ncm_pixels": "nearest class mean, raw pixels",
-    "random_prototype": "random target net + class-mean head", "pudnet": "PudNet prediction",
-    "pudnet_ft1": "PudNet + 1 fine-tune step", "pudnet_ft10": "PudNet + 10 fine-tune steps",
+    "random_prototype": "random target net + class-mean head",
+    "linear_probe": "random target net + ridge head (linear probe)", "pudnet": "PudNet prediction",
+    "pudnet_ft1epoch": "PudNet + 1 fine-tune epoch", "pudnet_ft1": "PudNet + 1 fine-tune step", "pudnet_ft10": "PudNet + 10 fine-tune steps",
     "pudnet_ft100": "PudNet + 100 fine-tune steps", "sgd_1step": "Adam from scratch, 1 step",
     "sgd_1epoch": "Adam from scratch, 1 epoch", "sgd_converged": "Adam from scratch, early-stopped on validation",
 }
 ALL_METHODS = tuple(METHOD_LABELS)
 
 
-def evaluate_tasks(evaluator: Evaluator, tasks, methods: tuple[str, ...] = ALL_METHODS,
-                   progress=None) -> dict:
-    """Run ``methods`` on every task; returns the summary and, when SGD ran, the time ratio.
+TASK_METHODS = tuple(m for m in METHOD_LABELS if m != "pudnet_ft1epoch")   # sub-dataset protocol's default
 
-    ``tasks`` yields SubDatasets; ``progress`` (e.g. tqdm) wraps the iteration if given.
+
+def evaluate_tasks(evaluator: Evaluator, tasks, methods: tuple[str, ...] = TASK_METHODS,
+                   progress=None, warm_up: bool = True) -> dict:
+    """Run ``methods`` on every task; returns the summary and, when SGD ran, the time ratio and SGD's curve.
+
+    ``tasks`` yields SubDatasets, or (SubDataset, Adam's support rows) pairs; ``progress`` (e.g. tqdm)
+    wraps the iteration if given.
     """
     results = []
     for i, task in enumerate(progress(tasks) if progress else tasks):
-        if i == 0:  # warm-up: first calls pay for allocator and kernel set-up, which no method should be timed on
-            evaluator.run(task, i, methods)
-        results.append(evaluator.run(task, i, methods))
+        task, sgd_rows = task if isinstance(task, tuple) else (task, None)
+        if i == 0 and warm_up:  # first calls pay for allocator and kernel set-up, which no method should be timed on
+            evaluator.run(task, i, methods, sgd_rows)
+        results.append(evaluator.run(task, i, methods, sgd_rows))
     out = {"methods": summarize(results)}
-    if "pudnet" in out["methods"] and "sgd_converged" in out["methods"]:
-        out["time_to_equal_accuracy"] = time_to_equal_accuracy(results)
+    if results[0].sgd_curve:
+        out["sgd_curve"] = mean_curve(results)
+        if "pudnet" in out["methods"]:
+            out["time_to_equal_accuracy"] = time_to_equal_accuracy(results)
     return out
 
 

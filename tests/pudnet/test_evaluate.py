@@ -1,6 +1,12 @@
+import numpy as np
 import pytest
+import torch
 
-from pudnet.evaluate import Point, TaskResult, markdown_table, summarize, time_to_equal_accuracy
+from pudnet import PudNet, PudNetConfig, plots
+from pudnet.data import ClassBank
+from pudnet.evaluate import (Evaluator, Point, SGDSettings, TaskResult, markdown_table, ridge_head, summarize,
+                             time_to_equal_accuracy)
+from pudnet.whole import WHOLE_METHODS, evaluate_whole, whole_markdown, whole_task
 
 
 def result(pudnet_acc, curve):
@@ -23,3 +29,70 @@ def test_time_to_equal_accuracy_uses_the_mean_curve_and_pads_stopped_tasks():
     assert not never["reached"] and never["ratio"] == pytest.approx(400)         # a lower bound
     assert "lower bound" in markdown_table("x", {"methods": summarize([result(0.9, [])]),
                                                  "time_to_equal_accuracy": never})
+
+
+def test_ridge_head_fits_separable_features_and_picks_its_strength_by_leave_one_out():
+    g = torch.Generator().manual_seed(0)
+    centres = 3 * torch.randn(4, 16, generator=g)
+    labels = torch.arange(4).repeat_interleave(25)
+    features = centres[labels] + torch.randn(100, 16, generator=g)
+    weight, bias = ridge_head(features, labels, 4)
+    assert weight.shape == (4, 16) and bias.shape == (4,)
+    assert ((features @ weight.t() + bias).argmax(1) == labels).float().mean() == 1.0
+
+
+def tiny_banks(classes=3, train=24, test=6, size=16, seed=0):
+    """Random images whose class shifts the mean brightness: learnable, tiny."""
+    rng = np.random.default_rng(seed)
+    names = tuple(f"toy/c{i}" for i in range(classes))
+
+    def bank(n):
+        labels = np.repeat(np.arange(classes), n)
+        images = rng.integers(0, 120, (len(labels), size, size, 3)) + 60 * labels[:, None, None, None]
+        return ClassBank(images.astype(np.uint8), labels.astype(np.int64), names)
+    return bank(train), bank(test)
+
+
+def test_whole_task_nests_supports_and_cuts_validation_from_the_support_set():
+    train, test = tiny_banks()
+    small, small_rows = whole_task(train, test, 10, 0.1, seed=0)
+    full, full_rows = whole_task(train, test, 0, 0.25, seed=0)
+    assert len(small.support_y) == 30 and len(full.support_y) == 72 and len(full.test_y) == 18
+    assert np.bincount(small.query_y).tolist() == [1, 1, 1] and np.bincount(full.query_y).tolist() == [6, 6, 6]
+    for task, rows in ((small, small_rows), (full, full_rows)):   # Adam trains on the support minus the cut
+        assert len(rows) == len(task.support_y) - len(task.query_y)
+        kept = {task.support_x[i].tobytes() for i in rows.tolist()}
+        assert not kept & {x.tobytes() for x in task.query_x}
+    # the 10 images of a class are among its 24
+    assert {x.tobytes() for x in small.support_x} <= {x.tobytes() for x in full.support_x}
+    with pytest.raises(ValueError, match="too few"):
+        whole_task(*tiny_banks(train=1), 0, 0.1, seed=0)
+
+
+def test_whole_protocol_on_a_tiny_untrained_model_reports_every_method_curve_and_ratio(tmp_path):
+    torch.manual_seed(0)
+    model = PudNet(PudNetConfig(image_size=16, target_kwargs={"depth": 2, "width": 8}, encoder_width=4, hidden=8,
+                                layer_embedding=4, max_classes=5))
+    settings = SGDSettings(batch_size=16, max_epochs=3, patience=2, finetune_steps=(), finetune_batch_size=16)
+    train, test = tiny_banks()
+    out = evaluate_whole(Evaluator(model, settings, seed=0, max_stats_images=20), train, test, (5, 0),
+                         val_fraction=0.2)
+    assert list(out) == ["5", "all"] and out["all"]["support_images"] == 72 and out["all"]["test_images"] == 18
+    for r in out.values():
+        assert set(r["methods"]) == set(WHOLE_METHODS)
+        assert all(0 <= m["accuracy"] <= 1 and m["seconds"] > 0 and m["tasks"] == 1 for m in r["methods"].values())
+        assert 2 <= len(r["sgd_curve"]) <= 4 and "ratio" in r["time_to_equal_accuracy"]
+    table = whole_markdown("toy", {"classes": list(train.class_names), "shots": out})
+    assert "| PudNet prediction |" in table and "S=all (72 images)" in table and "time-to-equal" in table
+    png = plots.accuracy_vs_time({"whole": {"toy": {"classes": [], "shots": out}}})
+    assert png[:4] == b"\x89PNG" and len(png) > 10_000
+
+
+def test_training_curves_skip_event_records_and_refuse_an_empty_log():
+    records = [{"event": "start", "step": 0}] + [
+        {"step": s, "loss": 2 / s, "query_accuracy": 0.1 * s, "tasks_per_s": 8.0, **({"val_accuracy": 0.5} if s % 2
+                                                                                      else {})} for s in range(1, 6)]
+    png = plots.training_curves(records)
+    assert png[:4] == b"\x89PNG" and len(png) > 10_000
+    with pytest.raises(ValueError, match="no metric records"):
+        plots.training_curves([{"event": "start", "step": 0}])
