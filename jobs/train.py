@@ -81,6 +81,7 @@ class TrainConfig:
     val_tasks: int = 20
     eval_tasks: int = 50            # final evaluation tasks per setting (0 skips it)
     eval_images_per_class: int = 200  # cap per class and split read for validation and evaluation
+    eval_protocols: tuple[str, ...] = ("tasks", "whole")   # end-of-run evaluation (jobs/evaluate.py protocols)
     checkpoint_every: int = 500
     num_to_keep: int = 2
     num_workers: int = 2
@@ -104,7 +105,8 @@ class TrainConfig:
                   "test_fraction": (0 < self.test_fraction < 1, "(0, 1)"),
                   "cpus_per_worker": (self.cpus_per_worker > 0, "> 0"), "stream_cpus": (self.stream_cpus > 0, "> 0"),
                   "lr": (self.lr > 0, "> 0"), "grad_clip": (self.grad_clip > 0, "> 0"),
-                  "name": ("/" not in self.name, "no '/'"), "sources": (len(self.sources) > 0, "at least one")}
+                  "name": ("/" not in self.name, "no '/'"), "sources": (len(self.sources) > 0, "at least one"),
+                  "eval_protocols": (set(self.eval_protocols) <= {"tasks", "whole"}, "tasks and/or whole")}
         for key in ("shots", "queries", "tasks_per_step", "steps", "log_every", "val_every", "checkpoint_every",
                     "num_to_keep", "num_workers", "stream_actors", "max_per_class", "eval_images_per_class"):
             checks[key] = (getattr(self, key) >= 1, ">= 1")
@@ -118,8 +120,9 @@ class TrainConfig:
 
 SMOKE_TEST = ["sources=digits,mnist,animal_mnist", "heldout_sources=digits", "max_per_class=200", "steps=6",
               "ways=5", "shots=5", "queries=5", "log_every=2", "val_every=4", "val_tasks=4", "checkpoint_every=3",
-              "eval_tasks=5", "warmup_steps=0", "name=", 'model.target_kwargs={"depth": 3, "width": 16}',
-              "model.encoder_width=8", "model.hidden=32", "model.layer_embedding=8", "model.max_classes=10"]
+              "eval_tasks=5", "eval_protocols=tasks", "warmup_steps=0", "name=",
+              'model.target_kwargs={"depth": 3, "width": 16}', "model.encoder_width=8", "model.hidden=32",
+              "model.layer_embedding=8", "model.max_classes=10"]
 
 
 def load_config(config: str | None = None, smoke_test: bool = False, overrides: list[str] = ()) -> TrainConfig:
@@ -243,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
             report = evaluate.run(evaluate.EvalConfig(
                 checkpoint=d, tasks=cfg.eval_tasks, ways=cfg.ways, shots=cfg.shots, queries=cfg.queries,
                 max_per_class=cfg.eval_images_per_class, methods=FAST_METHODS + ("pudnet_ft10",), seed=cfg.seed,
-                protocols=("tasks",) if args.smoke_test else ("tasks", "whole")))   # whole: minutes, not seconds
+                protocols=cfg.eval_protocols))
         written += evaluate.write_report(report, run_dir)
     print(f"\nfinal checkpoint: {result.checkpoint.path}\nmetrics: {run_dir}/{ru.METRICS_FILE}", flush=True)
     for path in written:

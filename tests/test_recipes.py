@@ -29,7 +29,7 @@ SIZE = [  # TrainConfig keys of the ImageNet recipe overridden for a 2-core CPU 
     "ways=2", "shots=2", "queries=2", "tasks_per_step=1", "steps=2", "warmup_steps=0", "window_rows=0",
     "stream_actors=1", "stream_cpus=0.5", "stream_cache_mb=64", "num_workers=2", "cpus_per_worker=0.5",
     "use_gpu=false", "log_every=1", "val_every=2", "val_tasks=1", "checkpoint_every=2", "eval_tasks=2",
-    "eval_images_per_class=20", "max_failures=0", "sources=imagenet-112px,pets-112px", "heldout_sources=pets-112px"]
+    "eval_images_per_class=20", "eval_protocols=tasks", "max_failures=0", "sources=imagenet-112px,pets-112px", "heldout_sources=pets-112px"]
 
 
 def picture(rng: np.random.Generator, label: int, size: int = 40) -> Image.Image:
@@ -57,11 +57,11 @@ def trained(tmp_path_factory):
     """prepare_data (ilsvrc, folder) and the recipe's training run; returns its directory and stdout."""
     tmp = tmp_path_factory.mktemp("recipe")
     rng = np.random.default_rng(0)
-    for label, wnid in enumerate(WNIDS):   # 25 train and 6 val JPEGs per class, val in class folders
-        write_jpegs(tmp / "ILSVRC2012" / "train" / wnid, label, 25, rng, wnid)
-        write_jpegs(tmp / "ILSVRC2012" / "val" / wnid, label, 6, rng, f"val_{wnid}")
-    for label, name in enumerate(PETS):
-        write_jpegs(tmp / "pets" / name, label + 4, 20, rng, name)
+    for label, wnid in enumerate(WNIDS):   # 20 train and 10 val JPEGs per class, val in class folders
+        write_jpegs(tmp / "ILSVRC2012" / "train" / wnid, label, 20, rng, wnid)
+        write_jpegs(tmp / "ILSVRC2012" / "val" / wnid, label, 10, rng, f"val_{wnid}")
+    for label, name in enumerate(PETS):    # 50 per class: 40 train, 10 test (test_fraction 0.2)
+        write_jpegs(tmp / "pets" / name, label + 4, 50, rng, name)
     env = {**os.environ, "RAY_ADDRESS": ""}
     data, runs = tmp / "shards", tmp / "runs"
     job("jobs/prepare_data.py", "ilsvrc", str(tmp / "ILSVRC2012"), "--out", str(data / "imagenet-112px"),
