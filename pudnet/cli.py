@@ -175,11 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--server-path", help="a dataset path/URI the server reads (under its allowed roots)")
     p.add_argument("--arch", choices=ARCHITECTURES, default="convnet", help="target architecture")
     p.add_argument("--out", type=Path, required=True, help="where to write the weights")
-    p.add_argument("--format", choices=("safetensors", "pt"), help="default: pt if --out ends in .pt")
+    p.add_argument("--format", choices=("safetensors", "pt", "pt2"),
+                   help="default: from --out's suffix (.pt, .pt2), else safetensors; pt2 loads with torch.export.load")
     p.add_argument("--timeout", type=float, default=600, help="seconds to wait for the answer")
     p.add_argument("--retries", type=int, default=4, help="retries of a 503 or broken connection (backoff 1, 2, 4.. s)")
     args = parser.parse_args(argv)
-    out_format = args.format or ("pt" if args.out.suffix == ".pt" else "safetensors")
+    out_format = args.format or {".pt": "pt", ".pt2": "pt2"}.get(args.out.suffix, "safetensors")
     try:
         out = predict(args.endpoint, args.out, args.arch, out_format, args.data, args.server_path, args.timeout,
                       args.retries)

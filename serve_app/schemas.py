@@ -8,7 +8,7 @@ from pudnet.config import ARCHITECTURES
 from .paths import DatasetPath
 
 Arch = Literal[ARCHITECTURES]
-OutFormat = Literal["safetensors", "pt"]
+OutFormat = Literal["safetensors", "pt", "pt2"]
 Checkpoints = dict[Arch, str]
 
 
@@ -71,6 +71,7 @@ _UPLOAD_TYPES = ("application/zip", "application/x-tar", "application/gzip", "ap
 PREDICT_BODY = {"requestBody": {"required": True, "description": "the labelled dataset; binary formats are "
                                 "recognised by content, JSON names a dataset path", "content": {
     **{kind: _BINARY for kind in _UPLOAD_TYPES}, "application/json": {"schema": DatasetPath.model_json_schema()}}}}
-PREDICT_RESPONSES = {200: {"description": "the target's state_dict as safetensors (or a torch .pt file)",
+PREDICT_RESPONSES = {200: {"description": "the target's state_dict as safetensors (or a torch .pt file), or "
+                                          "format=pt2: a torch.export program of the target with those weights",
                            "content": {"application/octet-stream": _BINARY}},
                      **{code: {"model": ErrorBody} for code in (400, 403, 404, 413, 415, 422, 503, 504)}}

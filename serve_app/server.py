@@ -21,6 +21,7 @@ from pudnet.predict import Prediction, predict, validate_dataset
 
 from .budget import BadInput, Budget
 from .checkpoints import ServedModel, load_served
+from .export import exported_program
 from .inputs import read_upload
 from .paths import DatasetPath, load_path
 from .schemas import HotSwap, ModelInfo, ModelsResponse, ServeArgs
@@ -124,6 +125,8 @@ class PudNetServer:
                     "server_seconds": f"{elapsed:.6f}"}
         if out_format == "safetensors":
             return safetensors_bytes(prediction.state_dict, metadata)
+        if out_format == "pt2":
+            return exported_program(prediction, served.model.cfg, metadata)
         buffer = io.BytesIO()
         torch.save({"state_dict": prediction.state_dict, "metadata": metadata}, buffer)
         return buffer.getvalue()
