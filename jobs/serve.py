@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     roots = [str(Path(r).expanduser().absolute()) for r in args.allowed_root]
     config = local.read_config(checkpoints=checkpoints, allowed_roots=roots)  # its deployments: autoscaling
     ServeArgs.model_validate(config["applications"][0]["args"])
+    config["http_options"] = {"host": args.host, "port": args.port}
     # the replicas import serve_app from this checkout: the local cluster's processes inherit the variable
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False)

@@ -25,6 +25,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
 from pudnet.data import ClassBank
+from pudnet.predict import Prediction
 
 from .budget import BadInput
 from .checkpoints import resolve
@@ -85,9 +86,9 @@ class PudNetGateway:
             raise BadInput(503, "replica_unavailable", f"the replica serving this request was lost or is not "
                                                        f"ready ({type(e).__name__}); retry in {RETRY_AFTER_S} s") from e
 
-    def predict(self, arch: str, bank: ClassBank):
+    async def predict(self, arch: str, bank: ClassBank) -> Prediction:
         """``PudNetServer.predict`` through the app's handle (``serve.get_app_handle("pudnet").predict``)."""
-        return self.server.predict.remote(arch, bank)
+        return await self.server.predict.remote(arch, bank)
 
     @app.post("/v1/predict", response_class=Response, responses=PREDICT_RESPONSES, openapi_extra=PREDICT_BODY)
     async def predict_http(self, request: Request, arch: Arch = "convnet",
@@ -109,7 +110,7 @@ class PudNetGateway:
         _metrics().requests.inc(tags={"route": "models"})
         return await self._call(self.server.models_info.remote(), 30)
 
-    @app.get("/healthz", response_model=Health, responses={503: {"model": Health}})
+    @app.get("/healthz", response_model=Health, response_model_exclude_defaults=True, responses={503: {"model": Health}})
     async def healthz(self) -> Health | JSONResponse:
         """200 once a PudNetServer replica answers; 503 "starting" (never a hang) while none does."""
         try:

@@ -120,12 +120,13 @@ def test_config_keys_are_known():
     for app in config["applications"]:
         assert app["import_path"] == "serve_app.app:build_app"
         ServeArgs.model_validate(app["args"])  # extra="forbid"
+        assert [d["name"] for d in app["deployments"]] == [DEPLOYMENT, "PudNetGateway"]  # user_config goes to [0]
         for deployment in app["deployments"]:
             assert set(deployment) <= set(DeploymentSchema.model_fields), deployment
-            autoscaling = deployment["autoscaling_config"]
-            assert set(autoscaling) <= set(AutoscalingConfig.model_fields), autoscaling
-            assert {"min_replicas", "max_replicas", "target_ongoing_requests", "upscale_delay_s",
-                    "downscale_delay_s"} <= set(autoscaling)
+        autoscaling = app["deployments"][0]["autoscaling_config"]
+        assert set(autoscaling) <= set(AutoscalingConfig.model_fields), autoscaling
+        assert {"min_replicas", "max_replicas", "target_ongoing_requests", "upscale_delay_s",
+                "downscale_delay_s"} <= set(autoscaling)
     assert config["http_options"]["host"] == "127.0.0.1"
 
 
@@ -153,7 +154,7 @@ def test_models_health_and_openapi(server, tiny_checkpoint):
     operation = schema["paths"]["/v1/predict"]["post"]
     assert {"application/zip", "application/x-npz", "application/json"} <= set(operation["requestBody"]["content"])
     assert {p["name"]: p["schema"]["enum"] for p in operation["parameters"]} == {
-        "arch": ["convnet", "resnet18"], "format": ["safetensors", "pt"]}
+        "arch": ["convnet", "resnet18"], "format": ["safetensors", "pt", "pt2"]}
     assert operation["responses"]["413"]["content"]["application/json"]["schema"]["$ref"].endswith("ErrorBody")
 
 
@@ -208,12 +209,19 @@ def test_pure_predict_through_handle_matches_local(server, digits, tiny_checkpoi
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("out_format", ["safetensors", "pt"])
+@pytest.mark.parametrize("out_format", ["safetensors", "pt", "pt2"])
 def test_resnet18_loads_strictly_into_torchvision(server, digits, out_format):
     up = digits.upload
     keep = np.concatenate([np.flatnonzero(up.labels == c)[:8] for c in range(3)])
     response = post(server.url, npz_bytes(up.images[keep], up.labels[keep]), arch="resnet18", format=out_format)
     assert response.status_code == 200, response.text
+    if out_format == "pt2":  # a self-contained program: no torchvision, no state_dict (tests/serve_app/test_export.py)
+        extra = {"metadata.json": ""}
+        program = torch.export.load(io.BytesIO(response.content), extra_files=extra)
+        norm = json.loads(json.loads(extra["metadata.json"])["normalization"])
+        logits = program.module()(to_tensor(up.images[keep], norm["mean"], norm["std"]))
+        assert logits.shape == (24, 3) and torch.isfinite(logits).all()
+        return
     if out_format == "safetensors":
         state, metadata = read_weights(response.content)
     else:
@@ -281,3 +289,35 @@ def test_hot_swap_in_place_without_dropping_requests(server, digits, tiny_checkp
         assert metadata["pudnet_checkpoint"] == after["models"][0]["checkpoint_id"]
     finally:
         local.deploy(server.config)  # back to the module's config for any later test
+
+
+def test_shipped_config_serves_what_train_writes():
+    """`python jobs/train.py` writes <storage_path>/<name> of its TrainConfig defaults: the config serves that."""
+    from jobs.train import TrainConfig
+    args = ServeArgs.model_validate(yaml.safe_load(local.CONFIG.read_text())["applications"][0]["args"])
+    assert args.checkpoints == {"convnet": f"{TrainConfig.storage_path}/{TrainConfig.name}"}
+    assert TrainConfig().model.arch == "convnet"
+
+
+@pytest.mark.integration
+def test_two_clients_use_both_cores(server, digits):
+    """Two clients sending at once: autoscaling starts the second one-CPU replica (2 cores, 2 replicas)."""
+    up = digits.upload
+    body, done = npz_bytes(up.images, up.labels, up.class_names), threading.Event()
+
+    def client():
+        while not done.is_set():
+            assert post(server.url, body).status_code == 200
+    clients = [threading.Thread(target=client) for _ in range(2)]
+    for c in clients:
+        c.start()
+    try:
+        deadline, most = time.monotonic() + 45, 1
+        while time.monotonic() < deadline and most < 2:
+            most = max(most, local.running_replicas(APP, DEPLOYMENT))
+            time.sleep(0.5)
+    finally:
+        done.set()
+        for c in clients:
+            c.join()
+    assert most == 2, "2 concurrent clients never got a 2nd replica"

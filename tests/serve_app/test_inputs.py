@@ -225,3 +225,32 @@ def test_newest_checkpoint_by_step(tmp_path):
     assert newest_checkpoint(tmp_path / "checkpoint_000002").name == "checkpoint_000002"
     with pytest.raises(CheckpointError, match="runs/missing"):
         newest_checkpoint("runs/missing")
+
+
+def test_missing_checkpoint_fails_the_build_in_one_line(tmp_path):
+    from serve_app.app import build_app
+    from serve_app.schemas import ServeArgs
+    with pytest.raises(ValueError) as info:
+        build_app(ServeArgs(checkpoints={"resnet18": str(tmp_path / "runs" / "pudnet-resnet18")}))
+    message = str(info.value)
+    assert "\n" not in message and "checkpoints['resnet18']" in message and "pudnet-resnet18" in message
+
+
+def test_serve_job_reads_the_architecture_from_each_run(tmp_path):
+    import torch
+
+    from jobs.serve import checkpoints_of, main
+    from pudnet import PudNet, PudNetConfig, checkpoint
+    for step, arch, kwargs in [(10, "convnet", {"depth": 2, "width": 8}), (20, "convnet", {"depth": 2, "width": 8}),
+                               (5, "resnet18", {})]:
+        torch.manual_seed(step)
+        directory = tmp_path / f"run-{arch}" / f"checkpoint_{step:06d}"
+        checkpoint.save(directory, PudNet(PudNetConfig(arch=arch, target_kwargs=kwargs, encoder_width=8, hidden=16,
+                                                       layer_embedding=8, max_classes=3, lowrank=2)))
+        (directory / "state.json").write_text(json.dumps({"step": step}))
+    chosen = checkpoints_of([str(tmp_path / "run-convnet"), str(tmp_path / "run-resnet18")])
+    assert chosen == {"convnet": str(tmp_path / "run-convnet" / "checkpoint_000020"),
+                      "resnet18": str(tmp_path / "run-resnet18" / "checkpoint_000005")}
+    with pytest.raises(ValueError, match="both generate 'convnet'"):
+        checkpoints_of([str(tmp_path / "run-convnet"), str(tmp_path / "run-convnet" / "checkpoint_000010")])
+    assert main([str(tmp_path / "missing")]) == 2  # one line on stderr, before any cluster starts
