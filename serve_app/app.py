@@ -63,6 +63,10 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
     return _reject(exc.status_code, "http_error", str(exc.detail))
 
 
+async def _awaited(response):  # defined before the class: Serve pickles the ingress class as it is decorated
+    return await response
+
+
 @serve.deployment(name="PudNetGateway", max_ongoing_requests=64, ray_actor_options={"num_cpus": 0})
 @serve.ingress(app)
 class PudNetGateway:
@@ -71,14 +75,20 @@ class PudNetGateway:
     def __init__(self, server: DeploymentHandle, args: ServeArgs):
         self.server, self.args = server, args
 
-    async def _call(self, response, timeout_s: float):
-        """Await a PudNetServer call; 503 if its replica is lost or not up yet, 504 past ``timeout_s``."""
+    async def _call(self, response, timeout_s: float, on_timeout: BadInput | None = None):
+        """Await a PudNetServer call; 503 if its replica is lost or not up yet, 504 (or ``on_timeout``) past
+        ``timeout_s``. Not ``asyncio.wait_for``: it waits for the cancelled call to end, and a call waiting for
+        a replica that is still starting ends only when the replica is up."""
+        waiting = asyncio.ensure_future(_awaited(response))
         try:
-            return await asyncio.wait_for(response, timeout_s)
-        except asyncio.TimeoutError as e:
-            response.cancel()
-            raise BadInput(504, "server_time_exceeded", f"no answer within this server's limit of {timeout_s:g} s "
-                                                        "(max_request_seconds); send fewer or smaller images") from e
+            done, _ = await asyncio.wait({waiting}, timeout=timeout_s)
+            if not done:
+                response.cancel()
+                waiting.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: no warning
+                raise on_timeout or BadInput(504, "server_time_exceeded", f"no answer within this server's limit "
+                                                                          f"of {timeout_s:g} s (max_request_seconds); "
+                                                                          "send fewer or smaller images")
+            return waiting.result()
         except asyncio.CancelledError:
             response.cancel()  # the client went away: stop the replica's work too
             raise
@@ -113,10 +123,12 @@ class PudNetGateway:
     @app.get("/healthz", response_model=Health, response_model_exclude_defaults=True, responses={503: {"model": Health}})
     async def healthz(self) -> Health | JSONResponse:
         """200 once a PudNetServer replica answers; 503 "starting" (never a hang) while none does."""
+        starting = BadInput(503, "starting", "no PudNetServer replica answered within 2 s; checkpoints may still "
+                                             "be loading")
         try:
-            info = await asyncio.wait_for(self.server.models_info.remote(), 2)
-        except (asyncio.TimeoutError, *_LOST) as e:
-            detail = f"no PudNetServer replica answered yet ({type(e).__name__}); checkpoints may still be loading"
+            info = await self._call(self.server.models_info.remote(), 2, on_timeout=starting)
+        except BadInput as e:
+            detail = f"{e.kind}: {e.message}"
             return JSONResponse(Health(status="starting", architectures=[], detail=detail).model_dump(),
                                 status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
         return Health(status="ok", architectures=[m.arch for m in info.models])
