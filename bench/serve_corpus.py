@@ -8,6 +8,8 @@ The app and its limits are those of the test module's fixture (a private loopbac
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import subprocess
 import sys
 import time
@@ -35,6 +37,25 @@ def row(server, name: str, body: bytes, content_type: str) -> str:
     return f"| {name} | {response.status_code} | {message[:220]} | {seconds * 1000:.0f} | {healthy} |"
 
 
+def links(server) -> dict[str, tuple[bytes, str]]:
+    """JSON {"path"} requests for folders inside the allowed root whose class folder, file or root links out."""
+    outside = server.root.parent / "outside"
+    (outside / "c").mkdir(parents=True, exist_ok=True)
+    (outside / "c" / "1.png").write_bytes(corpus.png())
+    for name in ("linked_class", "linked_file"):
+        for c in ("a", "b"):
+            (server.root / name / c).mkdir(parents=True)
+            (server.root / name / c / "1.png").write_bytes(corpus.png())
+    os.symlink(outside / "c", server.root / "linked_class" / "c")
+    os.symlink("/etc/passwd", server.root / "linked_file" / "a" / "2.png")
+    os.symlink(outside, server.root / "linked_root")
+    return {f"path: {what}": (json.dumps({"path": str(server.root / name)}).encode(), "application/json")
+            for what, name in [("class folder linked outside the root", "linked_class"),
+                               ("file linked to /etc/passwd", "linked_file"),
+                               ("folder linked outside the root", "linked_root"),
+                               ("'..' out of the root", "../..")]}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results_serve_corpus.md")
@@ -49,6 +70,7 @@ def main() -> None:
             cases["CPU exhaustion: 50 x 9000x9000 1-bit PNG (0.5 MB zip)"] = (corpus.zip_of(
                 {f"c{i % 2}/{i}.png": corpus.one_bit_png(9000) for i in range(50)}), "application/zip")
             cases["valid zip (6 PNGs, 2 classes)"] = (corpus.VALID_ZIP, "application/zip")
+            cases.update(links(server))
             rows = [row(server, name, body, kind) for name, (body, kind) in cases.items()]
         finally:
             next(fixture, None)

@@ -56,17 +56,17 @@ class Budget:
                                                         "s per request (max_request_seconds); send fewer or smaller "
                                                         "images")
 
-    def check_pixels(self, name: str, width: int, height: int, total: int) -> None:
+    def check_pixels(self, name: str, width: int, height: int, total: int, counted: str = "") -> None:
         """413 if one image, or the running ``total`` including it, is over budget."""
         if width * height > self.max_image_pixels:
             raise BadInput(413, "image_too_large", f"{name} is {width}x{height} = {width * height} pixels: this "
                                                    f"server decodes at most {self.max_image_pixels} pixels per image "
                                                    "(max_image_pixels); downscale it")
         if total > self.max_total_pixels:
+            counted = counted or f"counted from the image headers up to {name}"
             raise BadInput(413, "pixel_budget_exceeded", f"the images hold more than {self.max_total_pixels} pixels "
                                                          "in all, this server's budget per request "
-                                                         "(max_total_pixels), counted from their headers up to "
-                                                         f"{name}; send fewer or smaller images")
+                                                         f"(max_total_pixels), {counted}; send fewer or smaller images")
 
 
 def _open(source: ImageSource) -> Image.Image:

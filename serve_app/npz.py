@@ -49,7 +49,8 @@ def check_image_layout(shape: tuple[int, ...], max_images: int, budget: Budget) 
                                            f"channels last{hint}")
     if shape[0] > max_images:
         raise BadInput(413, "too_many_images", f"{shape[0]} images: this server accepts at most {max_images}")
-    budget.check_pixels("each npz image", shape[2], shape[1], shape[0] * shape[1] * shape[2])
+    budget.check_pixels("each npz image", shape[2], shape[1], shape[0] * shape[1] * shape[2],
+                        f"{shape[0] * shape[1] * shape[2]} by the npy header's shape {shape}")
 
 
 def read_npz(archive: zipfile.ZipFile, image_size: int, max_images: int, budget: Budget) -> ClassBank:

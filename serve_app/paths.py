@@ -114,7 +114,8 @@ def _read_shards(location: str, request: DatasetPath, image_size: int, max_image
             raise BadInput(413, "too_many_images", f"{count} images: this server accepts at most {max_images}; "
                                                    "select fewer classes")
         side = catalog.image_size
-        budget.check_pixels("each shard image", side, side, count * side * side)
+        budget.check_pixels("each shard image", side, side, count * side * side,
+                            f"{count * side * side} by the manifest ({count} images of {side}x{side})")
         bank = shards.read_class_bank(location, classes=request.classes, split=request.split)
     except (ValueError, KeyError, OSError) as e:
         raise BadInput(400, "invalid_dataset", f"cannot read shards at {request.path!r}: {e}") from e
