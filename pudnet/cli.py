@@ -91,12 +91,13 @@ def backoff_s(attempt: int, retry_after: float | None, base_s: float = 1.0, cap_
 
 
 def predict(endpoint: str, out: Path, arch: str, out_format: str, data: Path | None = None,
-            server_path: str | None = None, timeout_s: float = 600, retries: int = 4) -> Path:
+            server_path: str | None = None, timeout_s: float = 600, retries: int = 4, dtype: str = "float32") -> Path:
     """POST the dataset, write the response to ``out`` atomically; ClientError with the server's message.
     503s and broken connections are retried up to ``retries`` times with exponential backoff."""
     for attempt in range(retries + 1):
         try:
-            return _predict_once(endpoint, out, arch, out_format, data, server_path, timeout_s)
+            params = {"arch": arch, "format": out_format, **({"dtype": dtype} if dtype != "float32" else {})}
+            return _predict_once(endpoint, out, params, data, server_path, timeout_s)
         except Retryable as e:
             if attempt == retries:
                 raise ClientError(f"{e} (gave up after {retries + 1} attempts)") from e
@@ -106,14 +107,14 @@ def predict(endpoint: str, out: Path, arch: str, out_format: str, data: Path | N
     raise AssertionError("unreachable")
 
 
-def _predict_once(endpoint: str, out: Path, arch: str, out_format: str, data: Path | None,
+def _predict_once(endpoint: str, out: Path, params: dict[str, str], data: Path | None,
                   server_path: str | None, timeout_s: float) -> Path:
     url = endpoint.rstrip("/") + "/v1/predict"
     with contextlib.ExitStack() as stack:
         body, headers = _request_body(data, server_path, stack)
         try:
-            response = requests.post(url, params={"arch": arch, "format": out_format}, data=body, headers=headers,
-                                     stream=True, timeout=(10, timeout_s))
+            response = requests.post(url, params=params, data=body, headers=headers, stream=True,
+                                     timeout=(10, timeout_s))
         except requests.ConnectionError as e:  # also an upload the server cut off (too large) before reading it all
             raise Retryable(f"cannot reach {url} or the connection broke: is the server up, the endpoint "
                             f"right and the upload within the server's max_upload_bytes? ({e})") from e
@@ -177,13 +178,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="where to write the weights")
     p.add_argument("--format", choices=("safetensors", "pt", "pt2"),
                    help="default: from --out's suffix (.pt, .pt2), else safetensors; pt2 loads with torch.export.load")
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
+                   help="safetensors weights in this dtype (BatchNorm statistics stay float32); load_state_dict "
+                        "casts them back into a float32 model")
     p.add_argument("--timeout", type=float, default=600, help="seconds to wait for the answer")
     p.add_argument("--retries", type=int, default=4, help="retries of a 503 or broken connection (backoff 1, 2, 4.. s)")
     args = parser.parse_args(argv)
     out_format = args.format or {".pt": "pt", ".pt2": "pt2"}.get(args.out.suffix, "safetensors")
     try:
         out = predict(args.endpoint, args.out, args.arch, out_format, args.data, args.server_path, args.timeout,
-                      args.retries)
+                      args.retries, args.dtype)
     except ClientError as e:
         print(f"pudnet: error: {e}", file=sys.stderr)
         return 1
@@ -191,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     if out_format == "safetensors":
         with safe_open(out, "numpy") as f:   # the header only: no tensor is read
             meta = f.metadata() or {}
-        summary += (f": {meta.get('architecture')} for classes {json.loads(meta.get('class_names', '[]'))}, "
+        summary += (f": {meta.get('architecture')} ({meta.get('dtype', 'float32')}) for classes {json.loads(meta.get('class_names', '[]'))}, "
                     f"self-check accuracy {meta.get('self_check_accuracy') or 'n/a (too few images per class)'}")
     print(summary)
     return 0

@@ -30,7 +30,8 @@ from pudnet.predict import Prediction
 from .budget import BadInput
 from .checkpoints import resolve
 from .inputs import read_body
-from .schemas import PREDICT_BODY, PREDICT_RESPONSES, Arch, Health, ModelsResponse, OutFormat, ServeArgs
+from .schemas import (PREDICT_BODY, PREDICT_RESPONSES, Arch, Health, ModelsResponse, OutFormat, ServeArgs,
+                      WeightsDtype)
 from .server import PudNetServer, _metrics, describe
 
 __all__ = ["ServeArgs", "build_app", "PudNetGateway", "PudNetServer"]
@@ -102,14 +103,16 @@ class PudNetGateway:
 
     @app.post("/v1/predict", response_class=Response, responses=PREDICT_RESPONSES, openapi_extra=PREDICT_BODY)
     async def predict_http(self, request: Request, arch: Arch = "convnet",
-                           out_format: OutFormat = Query("safetensors", alias="format")) -> Response:
+                           out_format: OutFormat = Query("safetensors", alias="format"),
+                           dtype: WeightsDtype = Query("float32", description="safetensors only: weights in this "
+                                                       "dtype, BatchNorm running statistics float32")) -> Response:
         """Generate the weights of ``arch`` for the dataset in the body."""
         _metrics().requests.inc(tags={"route": "predict"})
         start, ceiling = time.monotonic(), self.args.max_request_seconds
         body = await read_body(request, self.args.max_upload_bytes)
         is_json = request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json"
         left = ceiling - (time.monotonic() - start)
-        payload = await self._call(self.server.weights.remote(arch, out_format, body, is_json, left), left + 1)
+        payload = await self._call(self.server.weights.remote(arch, out_format, dtype, body, is_json, left), left + 1)
         if isinstance(payload, BadInput):
             raise payload
         return Response(payload, media_type="application/octet-stream",

@@ -9,6 +9,7 @@ from .paths import DatasetPath
 
 Arch = Literal[ARCHITECTURES]
 OutFormat = Literal["safetensors", "pt", "pt2"]
+WeightsDtype = Literal["float32", "float16", "bfloat16"]
 Checkpoints = dict[Arch, str]
 
 

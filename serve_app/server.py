@@ -45,6 +45,14 @@ def _metrics() -> Metrics:
     return Metrics()
 
 
+def cast(state: dict[str, torch.Tensor], dtype: str) -> dict[str, torch.Tensor]:
+    """Floating weights in ``dtype`` (a lean response), BatchNorm running statistics kept float32: a variance
+    in float16 loses the precision that eval-mode normalisation divides by."""
+    target = getattr(torch, dtype)
+    return {k: v.to(target) if v.is_floating_point() and not k.endswith(("running_mean", "running_var")) else v
+            for k, v in state.items()}
+
+
 def describe(errors: list[dict]) -> str:
     """Pydantic/FastAPI errors as one line: ``query.arch: Input should be 'convnet' or 'resnet18'``."""
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in errors)
@@ -85,14 +93,14 @@ class PudNetServer:
             raise BadInput(400, "invalid_dataset", str(e)) from e
         return predict(served.model, bank.images, bank.labels, bank.class_names, checkpoint_id=served.checkpoint_id)
 
-    async def weights(self, arch: str, out_format: str, body: bytes, is_json: bool,
+    async def weights(self, arch: str, out_format: str, dtype: str, body: bytes, is_json: bool,
                       seconds_left: float) -> bytes | BadInput:
         """The weights file, or the refusal as a value (exceptions would reach the gateway wrapped)."""
         limits = self.args
         budget = Budget(limits.max_image_pixels, limits.max_total_pixels, limits.max_request_seconds,
                         deadline=time.monotonic() + seconds_left)
         work = asyncio.get_running_loop().run_in_executor(
-            self.compute, self._weights_file, arch, out_format, body, is_json, budget)
+            self.compute, self._weights_file, arch, out_format, dtype, body, is_json, budget)
         try:
             return await work
         except BadInput as e:
@@ -101,9 +109,13 @@ class PudNetServer:
             budget.cancelled.set()
             raise
 
-    def _weights_file(self, arch: str, out_format: str, body: bytes, is_json: bool, budget: Budget) -> bytes:
+    def _weights_file(self, arch: str, out_format: str, dtype: str, body: bytes, is_json: bool,
+                      budget: Budget) -> bytes:
         """Decode, predict, serialise: the blocking part of a request, run on the compute thread."""
         start = time.perf_counter()
+        if dtype != "float32" and out_format != "safetensors":
+            raise BadInput(400, "invalid_request", f"dtype={dtype} applies to format=safetensors; {out_format} "
+                                                   "files are float32")
         budget.check()  # it may have waited in the queue past its deadline, or been cancelled meanwhile
         served, limits = self._served(arch), self.args  # this model throughout, even if a hot swap lands meanwhile
         size = served.model.cfg.image_size
@@ -124,7 +136,10 @@ class PudNetServer:
         metadata = {**prediction.metadata, "decode_seconds": f"{decoded - start:.6f}",
                     "server_seconds": f"{elapsed:.6f}"}
         if out_format == "safetensors":
-            return safetensors_bytes(prediction.state_dict, metadata)
+            state, metadata["dtype"] = cast(prediction.state_dict, dtype), dtype
+            if dtype != "float32":
+                metadata["float32_tensors"] = "BatchNorm running_mean and running_var"
+            return safetensors_bytes(state, metadata)
         if out_format == "pt2":
             return exported_program(prediction, served.model.cfg, metadata)
         buffer = io.BytesIO()

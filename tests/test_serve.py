@@ -154,7 +154,8 @@ def test_models_health_and_openapi(server, tiny_checkpoint):
     operation = schema["paths"]["/v1/predict"]["post"]
     assert {"application/zip", "application/x-npz", "application/json"} <= set(operation["requestBody"]["content"])
     assert {p["name"]: p["schema"]["enum"] for p in operation["parameters"]} == {
-        "arch": ["convnet", "resnet18"], "format": ["safetensors", "pt", "pt2"]}
+        "arch": ["convnet", "resnet18"], "format": ["safetensors", "pt", "pt2"],
+        "dtype": ["float32", "float16", "bfloat16"]}
     assert operation["responses"]["413"]["content"]["application/json"]["schema"]["$ref"].endswith("ErrorBody")
 
 
@@ -234,6 +235,25 @@ def test_resnet18_loads_strictly_into_torchvision(server, digits, out_format):
     with torch.no_grad():
         logits = net(to_tensor(up.images[keep], *[json.loads(metadata["normalization"])[k] for k in ("mean", "std")]))
     assert logits.shape == (24, 3) and torch.isfinite(logits).all()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_lean_response(server, digits, dtype):
+    """dtype=float16|bfloat16: about half the bytes, BatchNorm statistics float32, the metadata says so, and the
+    weights load into the plain float32 target with nearly the float32 response's accuracy."""
+    up = digits.upload
+    body = npz_bytes(up.images, up.labels, up.class_names)
+    full, lean = post(server.url, body), post(server.url, body, dtype=dtype)
+    assert full.status_code == lean.status_code == 200, lean.text
+    state, metadata = read_weights(lean.content)
+    assert metadata["dtype"] == dtype and "running_var" in metadata["float32_tensors"]
+    assert {str(v.dtype) for k, v in state.items() if k.endswith(("running_mean", "running_var"))} == {"torch.float32"}
+    assert {str(v.dtype) for k, v in state.items() if k.endswith("weight")} == {f"torch.{dtype}"}
+    assert len(lean.content) < 0.6 * len(full.content)
+    exact = evaluate(*read_weights(full.content), digits.eval.images, digits.eval.labels, digits.names)
+    cast = evaluate(state, metadata, digits.eval.images, digits.eval.labels, digits.names)
+    assert abs(cast - exact) <= 0.02, (cast, exact)
 
 
 @pytest.mark.integration

@@ -124,6 +124,12 @@ def test_predict_npz_as_pt(stub, tmp_path):
     assert (tmp_path / "w.pt").read_bytes() == b"pt bytes"
 
 
+def test_dtype_is_sent_and_reported(stub, folder, tmp_path, capsys):
+    assert cli.main(["predict", "--endpoint", stub, "--data", str(folder), "--out", str(tmp_path / "w.safetensors"),
+                     "--dtype", "bfloat16"]) == 0
+    assert Stub.requests[0]["query"] == {"arch": ["convnet"], "format": ["safetensors"], "dtype": ["bfloat16"]}
+
+
 def test_server_path_sends_json(stub, tmp_path):
     assert cli.main(["predict", "--endpoint", stub, "--server-path", "/data/pets", "--out",
                      str(tmp_path / "w.safetensors")]) == 0

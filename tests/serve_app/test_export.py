@@ -44,3 +44,26 @@ def test_pt2_matches_the_state_dict_in_a_clean_process(arch, kwargs, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.strip() == arch
     torch.testing.assert_close(torch.load(tmp_path / "y.pt", weights_only=True), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_lean_weights_keep_batchnorm_statistics_float32(dtype):
+    """A cast response loads into a float32 target with load_state_dict and gives nearly the same logits."""
+    from serve_app.server import cast
+    torch.manual_seed(0)
+    net = targets.build("convnet", 3, depth=2, width=8)
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+    state = net.state_dict()
+    lean = cast(state, dtype)
+    assert all(v.dtype == torch.float32 for k, v in lean.items() if k.endswith(("running_mean", "running_var")))
+    assert all(v.dtype == getattr(torch, dtype) for k, v in lean.items()
+               if v.is_floating_point() and not k.endswith(("running_mean", "running_var")))
+    assert all(lean[k].dtype == v.dtype for k, v in state.items() if not v.is_floating_point())
+    loaded = targets.build("convnet", 3, depth=2, width=8)
+    loaded.load_state_dict(lean)  # copies cast back into the float32 parameters
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(x), net.eval()(x), rtol=0.05, atol=0.05)
