@@ -195,8 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     if out_format == "safetensors":
         with safe_open(out, "numpy") as f:   # the header only: no tensor is read
             meta = f.metadata() or {}
-        summary += (f": {meta.get('architecture')} ({meta.get('dtype', 'float32')}) for classes {json.loads(meta.get('class_names', '[]'))}, "
-                    f"self-check accuracy {meta.get('self_check_accuracy') or 'n/a (too few images per class)'}")
+        accuracy = meta.get("self_check_accuracy") or "n/a (too few images per class)"
+        summary += (f": {meta.get('architecture')} ({meta.get('dtype', 'float32')}) for classes "
+                    f"{json.loads(meta.get('class_names', '[]'))}, self-check accuracy {accuracy}")
     print(summary)
     return 0
 

@@ -123,7 +123,8 @@ class PudNetGateway:
         _metrics().requests.inc(tags={"route": "models"})
         return await self._call(self.server.models_info.remote(), 30)
 
-    @app.get("/healthz", response_model=Health, response_model_exclude_defaults=True, responses={503: {"model": Health}})
+    @app.get("/healthz", response_model=Health, response_model_exclude_defaults=True,
+             responses={503: {"model": Health}})
     async def healthz(self) -> Health | JSONResponse:
         """200 once a PudNetServer replica answers; 503 "starting" (never a hang) while none does."""
         starting = BadInput(503, "starting", "no PudNetServer replica answered within 2 s; checkpoints may still "
@@ -141,7 +142,8 @@ def build_app(args: ServeArgs) -> Application:
     """The application: ``serve run serve_app/config.yaml`` calls it with the file's ``args``. Checkpoint paths
     are resolved here (a run directory to its newest checkpoint), so a wrong one fails the deploy at once with
     one line naming the architecture and the path, instead of after three replica start attempts."""
-    args = args.model_copy(update={"checkpoints": {arch: _resolved(arch, uri) for arch, uri in args.checkpoints.items()}})
+    resolved = {arch: _resolved(arch, uri) for arch, uri in args.checkpoints.items()}
+    args = args.model_copy(update={"checkpoints": resolved})
     server = PudNetServer.options(ray_actor_options={"num_cpus": args.num_cpus, "num_gpus": args.num_gpus},
                                   user_config={"checkpoints": args.checkpoints}).bind(args)
     return PudNetGateway.bind(server, args)

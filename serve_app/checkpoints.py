@@ -2,8 +2,8 @@
 
 A Ray Train checkpoint directory holds ``model.safetensors`` next to optimizer state; only that file is
 fetched. A run directory (``<storage_path>/<name>``, what ``jobs/train.py`` writes) stands for its newest
-``checkpoint_*`` (highest step in its ``state.json``). The model is rebuilt from the config stored in it (``pudnet.checkpoint``), so the Serve YAML
-repeats no hyperparameter.
+``checkpoint_*`` (highest step in its ``state.json``). The model is rebuilt from the config stored in the
+checkpoint (``pudnet.checkpoint``), so the Serve YAML repeats no hyperparameter.
 """
 from __future__ import annotations
 
