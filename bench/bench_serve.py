@@ -2,6 +2,7 @@
 
     python bench/bench_serve.py --out bench/results_serve_cpu.md          # HTTP to Serve on a private loopback cluster
     python bench/bench_serve.py --no-serve --out bench/results_gpu.md     # pudnet.predict.predict only; no Ray needed
+    python bench/bench_serve.py --levels 1 --requests 12 --dtype bfloat16   # a lean response: bytes and p50
 
 Each level sends ``--requests`` requests or stops after ``--duration`` s, whichever comes first. A request is
 one dataset of ``--classes`` x ``--images``/``--classes`` images (default 10 x 50, issue 3's goal) for a
@@ -89,9 +90,12 @@ def bench_serve(args, ckpt: Path, body: bytes) -> tuple[list[dict], list[str]]:
         timeline, stop, marks, results, t0 = [], threading.Event(), [], [], time.perf_counter()
         replica_sampler(app, deployment, t0, timeline, stop)
 
+        sizes = []
+
         def call(session):
-            response = session.post(url + "/v1/predict", data=body, params={"arch": args.arch},
+            response = session.post(url + "/v1/predict", data=body, params={"arch": args.arch, "dtype": args.dtype},
                                     headers={"Content-Type": "application/x-npz"}, timeout=300)
+            sizes.append(len(response.content))
             return None if response.status_code == 200 else f"{response.status_code} {response.text[:120]}"
         with requests.Session() as session:
             failure = call(session)  # warm-up, and fail fast on a broken deployment
@@ -108,7 +112,8 @@ def bench_serve(args, ckpt: Path, body: bytes) -> tuple[list[dict], list[str]]:
         time.sleep(1)
         stop.set()
         events = sorted(marks + [(t, f"{n} replica(s) running") for t, n in timeline])
-        return results, [f"{t:.1f} s: {text}" for t, text in events]
+        return results, [f"response: safetensors, dtype={args.dtype}, {max(sizes)} bytes",
+                         *[f"{t:.1f} s: {text}" for t, text in events]]
     finally:
         local.stop()
 
@@ -150,6 +155,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--requests", type=int, default=24, help="per level")
     parser.add_argument("--duration", type=float, default=120, help="seconds per level at most")
     parser.add_argument("--settle", type=float, default=90, help="seconds to wait for scale-down at most")
+    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
+                        help="weights dtype of the response (serve mode)")
     parser.add_argument("--out", type=Path, help="Markdown file for the results")
     args = parser.parse_args(argv)
     load = f"1-minute load average before the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"

@@ -2,6 +2,9 @@
 
     pudnet predict --endpoint http://127.0.0.1:8000 --data pets/ --arch resnet18 --out weights.safetensors
 
+A 503 (a replica lost or still starting) or a broken connection is retried with exponential backoff, at
+most ``--retries`` times, each retry said on stderr; every other error is final.
+
 ``--data`` is an ImageFolder directory (``<class_name>/<image>``, zipped on the fly), a zip or tar archive of
 one, or an ``.npz`` with ``images`` (N, H, W[, C]) uint8 and ``labels`` (N,) ints; ``--server-path`` instead
 names a dataset the server reads itself (under its allowed roots). The upload is streamed from disk. This
@@ -15,6 +18,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 from typing import BinaryIO
@@ -72,21 +76,55 @@ def pack_folder(root: Path, out: BinaryIO) -> int:
     return sum(len(paths) for paths in files.values())
 
 
+class Retryable(ClientError):
+    """A 503 or a broken connection: worth another try after ``delay_s``."""
+
+    def __init__(self, message: str, delay_s: float | None = None):
+        super().__init__(message)
+        self.delay_s = delay_s
+
+
+def backoff_s(attempt: int, retry_after: float | None, base_s: float = 1.0, cap_s: float = 30.0) -> float:
+    """Seconds before retry ``attempt`` (0-based): the server's Retry-After if it gave one, else base * 2^attempt,
+    never more than ``cap_s``."""
+    return min(cap_s, retry_after if retry_after is not None else base_s * 2 ** attempt)
+
+
 def predict(endpoint: str, out: Path, arch: str, out_format: str, data: Path | None = None,
-            server_path: str | None = None, timeout_s: float = 600) -> Path:
-    """POST the dataset, write the response to ``out`` atomically; ClientError with the server's message."""
+            server_path: str | None = None, timeout_s: float = 600, retries: int = 4, dtype: str = "float32") -> Path:
+    """POST the dataset, write the response to ``out`` atomically; ClientError with the server's message.
+    503s and broken connections are retried up to ``retries`` times with exponential backoff."""
+    for attempt in range(retries + 1):
+        try:
+            params = {"arch": arch, "format": out_format, **({"dtype": dtype} if dtype != "float32" else {})}
+            return _predict_once(endpoint, out, params, data, server_path, timeout_s)
+        except Retryable as e:
+            if attempt == retries:
+                raise ClientError(f"{e} (gave up after {retries + 1} attempts)") from e
+            delay = backoff_s(attempt, e.delay_s)
+            print(f"pudnet: {e}; retry {attempt + 1}/{retries} in {delay:g} s", file=sys.stderr)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def _predict_once(endpoint: str, out: Path, params: dict[str, str], data: Path | None,
+                  server_path: str | None, timeout_s: float) -> Path:
     url = endpoint.rstrip("/") + "/v1/predict"
     with contextlib.ExitStack() as stack:
         body, headers = _request_body(data, server_path, stack)
         try:
-            response = requests.post(url, params={"arch": arch, "format": out_format}, data=body, headers=headers,
-                                     stream=True, timeout=(10, timeout_s))
+            response = requests.post(url, params=params, data=body, headers=headers, stream=True,
+                                     timeout=(10, timeout_s))
         except requests.ConnectionError as e:  # also an upload the server cut off (too large) before reading it all
-            raise ClientError(f"cannot reach {url} or the connection broke: is the server up, the endpoint "
-                              f"right and the upload within the server's max_upload_bytes? ({e})") from e
+            raise Retryable(f"cannot reach {url} or the connection broke: is the server up, the endpoint "
+                            f"right and the upload within the server's max_upload_bytes? ({e})") from e
         except requests.Timeout as e:
             raise ClientError(f"{url} did not answer within {timeout_s} s; raise --timeout") from e
     with response:
+        if response.status_code == 503:
+            retry_after = response.headers.get("Retry-After", "")
+            raise Retryable(f"server unavailable (503): {_error_text(response)}",
+                            float(retry_after) if retry_after.isdigit() else None)
         if response.status_code != 200:
             raise ClientError(f"server refused the request ({response.status_code}): {_error_text(response)}")
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -138,12 +176,18 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--server-path", help="a dataset path/URI the server reads (under its allowed roots)")
     p.add_argument("--arch", choices=ARCHITECTURES, default="convnet", help="target architecture")
     p.add_argument("--out", type=Path, required=True, help="where to write the weights")
-    p.add_argument("--format", choices=("safetensors", "pt"), help="default: pt if --out ends in .pt")
+    p.add_argument("--format", choices=("safetensors", "pt", "pt2"),
+                   help="default: from --out's suffix (.pt, .pt2), else safetensors; pt2 loads with torch.export.load")
+    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
+                   help="safetensors weights in this dtype (BatchNorm statistics stay float32); load_state_dict "
+                        "casts them back into a float32 model")
     p.add_argument("--timeout", type=float, default=600, help="seconds to wait for the answer")
+    p.add_argument("--retries", type=int, default=4, help="retries of a 503 or broken connection (backoff 1, 2, 4.. s)")
     args = parser.parse_args(argv)
-    out_format = args.format or ("pt" if args.out.suffix == ".pt" else "safetensors")
+    out_format = args.format or {".pt": "pt", ".pt2": "pt2"}.get(args.out.suffix, "safetensors")
     try:
-        out = predict(args.endpoint, args.out, args.arch, out_format, args.data, args.server_path, args.timeout)
+        out = predict(args.endpoint, args.out, args.arch, out_format, args.data, args.server_path, args.timeout,
+                      args.retries, args.dtype)
     except ClientError as e:
         print(f"pudnet: error: {e}", file=sys.stderr)
         return 1
@@ -151,8 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     if out_format == "safetensors":
         with safe_open(out, "numpy") as f:   # the header only: no tensor is read
             meta = f.metadata() or {}
-        summary += (f": {meta.get('architecture')} for classes {json.loads(meta.get('class_names', '[]'))}, "
-                    f"self-check accuracy {meta.get('self_check_accuracy') or 'n/a (too few images per class)'}")
+        accuracy = meta.get("self_check_accuracy") or "n/a (too few images per class)"
+        summary += (f": {meta.get('architecture')} ({meta.get('dtype', 'float32')}) for classes "
+                    f"{json.loads(meta.get('class_names', '[]'))}, self-check accuracy {accuracy}")
     print(summary)
     return 0
 

@@ -1,64 +1,52 @@
 """PudNet over HTTP (arXiv 2310.11862): POST a labelled dataset, get back a target network's weights.
 
-    serve run serve_app/config.yaml        # a local cluster; set args.checkpoints first
-    serve deploy serve_app/config.yaml     # a running cluster (its dashboard must be up)
+    python jobs/serve.py runs/pudnet-embedded   # the newest checkpoint of a finished run, on 127.0.0.1:8000
+    serve run serve_app/config.yaml             # the same from the config file (a local cluster)
+    serve deploy serve_app/config.yaml          # a running cluster (its dashboard must be up)
     pudnet predict --endpoint http://127.0.0.1:8000 --data DIR --arch convnet --out weights.safetensors
 
-The deployment loads its checkpoints once per replica and swaps them in place when ``user_config``
-changes; routes only read, validate and shape, around the pure ``PudNetServer.predict``.
+Two deployments: ``PudNetGateway`` (the HTTP ingress, no CPU reserved) reads and bounds the request and
+forwards it to ``PudNetServer`` replicas, which load their checkpoints once, swap them in place when
+``user_config`` changes, and do the work around the pure ``PudNetServer.predict``. The split is what
+turns a replica lost mid-request into a retryable 503 (Serve's proxy would answer 500) and lets
+``/healthz`` answer "starting" while the replicas still load.
 """
 import asyncio
-import io
 import time
-from concurrent.futures import ThreadPoolExecutor
-from functools import cache
 
-import ray
-import torch
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
 from ray import serve
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve import Application
-from ray.util import metrics
-from safetensors.torch import save as safetensors_bytes
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
 from pudnet.data import ClassBank
-from pudnet.predict import Prediction, predict, validate_dataset
+from pudnet.predict import Prediction
 
-from .checkpoints import ServedModel, load_served
-from .inputs import BadInput, read_body, read_upload
-from .paths import DatasetPath, load_path
-from .schemas import (PREDICT_BODY, PREDICT_RESPONSES, Arch, Health, HotSwap, ModelInfo, ModelsResponse, OutFormat,
-                      ServeArgs)
+from .budget import BadInput
+from .checkpoints import resolve
+from .inputs import read_body
+from .schemas import (PREDICT_BODY, PREDICT_RESPONSES, Arch, Health, ModelsResponse, OutFormat, ServeArgs,
+                      WeightsDtype)
+from .server import PudNetServer, _metrics, describe
 
-
-class Metrics:
-    """Custom series on the Ray dashboard / Prometheus, beside Serve's own request metrics."""
-
-    def __init__(self):
-        self.requests = metrics.Counter("pudnet_requests", "requests by route", tag_keys=("route",))
-        self.errors = metrics.Counter("pudnet_errors", "rejected requests by kind", tag_keys=("kind",))
-        self.latency = metrics.Histogram("pudnet_predict_seconds", "server time per prediction",
-                                         [0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60], tag_keys=("arch",))
-        self.images = metrics.Histogram("pudnet_images_per_request", "images per prediction",
-                                        [10, 50, 100, 200, 500, 1000, 2000, 5000], tag_keys=("arch",))
-
-
-@cache
-def _metrics() -> Metrics:
-    """Created on first use inside the replica process, where the exception handlers also run."""
-    return Metrics()
-
+__all__ = ["ServeArgs", "build_app", "PudNetGateway", "PudNetServer"]
 
 app = FastAPI(title="PudNet", description="Generate a ConvNet's weights for a labelled image dataset.")
 
 
+RETRY_AFTER_S = 2  # a replacement replica takes ~10 s, but another replica may be up already
+_LOST = (RayActorError, ActorDiedError, ActorUnavailableError, BackPressureError, DeploymentUnavailableError)
+
+
 def _reject(status: int, kind: str, message: str) -> JSONResponse:
     _metrics().errors.inc(tags={"kind": kind})
-    return JSONResponse({"error": kind, "detail": message}, status_code=status)
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+    return JSONResponse({"error": kind, "detail": message}, status_code=status, headers=headers)
 
 
 @app.exception_handler(BadInput)
@@ -68,12 +56,7 @@ async def _bad_input(request: Request, exc: BadInput) -> JSONResponse:
 
 @app.exception_handler(RequestValidationError)
 async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-    return _reject(422, "invalid_request", _describe(exc.errors()))
-
-
-def _describe(errors: list[dict]) -> str:
-    """Pydantic/FastAPI errors as one line: ``query.arch: Input should be 'convnet' or 'resnet18'``."""
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in errors)
+    return _reject(422, "invalid_request", describe(exc.errors()))
 
 
 @app.exception_handler(HTTPException)
@@ -81,94 +64,93 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
     return _reject(exc.status_code, "http_error", str(exc.detail))
 
 
-@serve.deployment(name="PudNetServer", max_ongoing_requests=4)
+async def _awaited(response):  # defined before the class: Serve pickles the ingress class as it is decorated
+    return await response
+
+
+@serve.deployment(name="PudNetGateway", max_ongoing_requests=64, ray_actor_options={"num_cpus": 0})
 @serve.ingress(app)
-class PudNetServer:
-    """One replica: checkpoints loaded at start, swapped by ``reconfigure``, one compute thread."""
+class PudNetGateway:
+    """HTTP in, PudNetServer behind: bounds the body and the server time, maps a lost replica to 503."""
 
-    def __init__(self, args: ServeArgs):
-        self.args = args
-        self.device = torch.accelerator.current_accelerator() if ray.get_gpu_ids() else None
-        self.models = {arch: load_served(arch, uri, self.device) for arch, uri in args.checkpoints.items()}
-        self.compute = ThreadPoolExecutor(1, thread_name_prefix="pudnet")  # queued requests wait, /healthz doesn't
+    def __init__(self, server: DeploymentHandle, args: ServeArgs):
+        self.server, self.args = server, args
 
-    async def reconfigure(self, user_config: dict) -> None:
-        """Load only changed checkpoints, off the event loop so requests keep flowing, then swap at once."""
-        models: dict[str, ServedModel] = {}
-        for arch, uri in HotSwap.model_validate(user_config).checkpoints.items():
-            current = self.models.get(arch)
-            same = current is not None and current.uri == uri
-            models[arch] = current if same else await asyncio.to_thread(load_served, arch, uri, self.device)
-        self.models = models
-
-    def _served(self, arch: str) -> ServedModel:
-        if arch not in self.models:
-            raise BadInput(404, "arch_not_served", f"arch={arch!r} is not served here; served: {sorted(self.models)}")
-        return self.models[arch]
-
-    def predict(self, arch: str, bank: ClassBank) -> Prediction:
-        """The pure step, dataset in and weights out; also reachable through a DeploymentHandle."""
-        return self._generate(self._served(arch), bank)
-
-    def _generate(self, served: ServedModel, bank: ClassBank) -> Prediction:
+    async def _call(self, response, timeout_s: float, on_timeout: BadInput | None = None):
+        """Await a PudNetServer call; 503 if its replica is lost or not up yet, 504 (or ``on_timeout``) past
+        ``timeout_s``. Not ``asyncio.wait_for``: it waits for the cancelled call to end, and a call waiting for
+        a replica that is still starting ends only when the replica is up."""
+        waiting = asyncio.ensure_future(_awaited(response))
         try:
-            validate_dataset(served.model, bank.images, bank.labels, bank.class_names)
-        except ValueError as e:
-            raise BadInput(400, "invalid_dataset", str(e)) from e
-        return predict(served.model, bank.images, bank.labels, bank.class_names, checkpoint_id=served.checkpoint_id)
+            done, _ = await asyncio.wait({waiting}, timeout=timeout_s)
+            if not done:
+                response.cancel()
+                waiting.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: no warning
+                raise on_timeout or BadInput(504, "server_time_exceeded", f"no answer within this server's limit "
+                                                                          f"of {timeout_s:g} s (max_request_seconds); "
+                                                                          "send fewer or smaller images")
+            return waiting.result()
+        except asyncio.CancelledError:
+            response.cancel()  # the client went away: stop the replica's work too
+            raise
+        except _LOST as e:
+            raise BadInput(503, "replica_unavailable", f"the replica serving this request was lost or is not "
+                                                       f"ready ({type(e).__name__}); retry in {RETRY_AFTER_S} s") from e
+
+    async def predict(self, arch: str, bank: ClassBank) -> Prediction:
+        """``PudNetServer.predict`` through the app's handle (``serve.get_app_handle("pudnet").predict``)."""
+        return await self.server.predict.remote(arch, bank)
 
     @app.post("/v1/predict", response_class=Response, responses=PREDICT_RESPONSES, openapi_extra=PREDICT_BODY)
     async def predict_http(self, request: Request, arch: Arch = "convnet",
-                           out_format: OutFormat = Query("safetensors", alias="format")) -> Response:
+                           out_format: OutFormat = Query("safetensors", alias="format"),
+                           dtype: WeightsDtype = Query("float32", description="safetensors only: weights in this "
+                                                       "dtype, BatchNorm running statistics float32")) -> Response:
         """Generate the weights of ``arch`` for the dataset in the body."""
         _metrics().requests.inc(tags={"route": "predict"})
-        start = time.perf_counter()
+        start, ceiling = time.monotonic(), self.args.max_request_seconds
         body = await read_body(request, self.args.max_upload_bytes)
         is_json = request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json"
-        payload = await asyncio.get_running_loop().run_in_executor(
-            self.compute, self._weights_file, arch, out_format, body, is_json, start)
+        left = ceiling - (time.monotonic() - start)
+        payload = await self._call(self.server.weights.remote(arch, out_format, dtype, body, is_json, left), left + 1)
+        if isinstance(payload, BadInput):
+            raise payload
         return Response(payload, media_type="application/octet-stream",
                         headers={"Content-Disposition": f'attachment; filename="weights.{out_format}"'})
-
-    def _weights_file(self, arch: str, out_format: str, body: bytes, is_json: bool, start: float) -> bytes:
-        """Decode, predict, serialise: the blocking part of a request, run on the compute thread."""
-        served, limits = self._served(arch), self.args  # this model throughout, even if a hot swap lands meanwhile
-        size = served.model.cfg.image_size
-        if is_json:
-            try:
-                request = DatasetPath.model_validate_json(body)
-            except ValidationError as e:
-                raise BadInput(422, "invalid_request", f"JSON body: {_describe(e.errors())}") from e
-            bank = load_path(request, size, limits.max_images, limits.allowed_roots)
-        else:
-            bank = read_upload(body, size, limits.max_images, limits.max_extracted_bytes)
-        decoded = time.perf_counter()
-        prediction = self._generate(served, bank)
-        elapsed = time.perf_counter() - start
-        _metrics().latency.observe(elapsed, tags={"arch": arch})
-        _metrics().images.observe(len(bank.images), tags={"arch": arch})
-        metadata = {**prediction.metadata, "decode_seconds": f"{decoded - start:.6f}",
-                    "server_seconds": f"{elapsed:.6f}"}
-        if out_format == "safetensors":
-            return safetensors_bytes(prediction.state_dict, metadata)
-        buffer = io.BytesIO()
-        torch.save({"state_dict": prediction.state_dict, "metadata": metadata}, buffer)
-        return buffer.getvalue()
 
     @app.get("/v1/models", response_model=ModelsResponse)
     async def models_http(self) -> ModelsResponse:
         _metrics().requests.inc(tags={"route": "models"})
-        models = [ModelInfo(arch=arch, checkpoint_uri=m.uri, checkpoint_id=m.checkpoint_id, max_classes=cfg.max_classes,
-                            image_size=cfg.image_size, target_kwargs=cfg.target_kwargs, mean=cfg.mean, std=cfg.std)
-                  for arch, m in sorted(self.models.items()) for cfg in [m.model.cfg]]
-        return ModelsResponse(models=models, replica=serve.get_replica_context().replica_id.unique_id)
+        return await self._call(self.server.models_info.remote(), 30)
 
-    @app.get("/healthz", response_model=Health)
-    async def healthz(self) -> Health:
-        return Health(status="ok", architectures=sorted(self.models))
+    @app.get("/healthz", response_model=Health, response_model_exclude_defaults=True,
+             responses={503: {"model": Health}})
+    async def healthz(self) -> Health | JSONResponse:
+        """200 once a PudNetServer replica answers; 503 "starting" (never a hang) while none does."""
+        starting = BadInput(503, "starting", "no PudNetServer replica answered within 2 s; checkpoints may still "
+                                             "be loading")
+        try:
+            info = await self._call(self.server.models_info.remote(), 2, on_timeout=starting)
+        except BadInput as e:
+            detail = f"{e.kind}: {e.message}"
+            return JSONResponse(Health(status="starting", architectures=[], detail=detail).model_dump(),
+                                status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+        return Health(status="ok", architectures=[m.arch for m in info.models])
 
 
 def build_app(args: ServeArgs) -> Application:
-    """The application: ``serve run serve_app/config.yaml`` calls it with the file's ``args``."""
-    return PudNetServer.options(ray_actor_options={"num_cpus": args.num_cpus, "num_gpus": args.num_gpus},
-                                user_config={"checkpoints": args.checkpoints}).bind(args)
+    """The application: ``serve run serve_app/config.yaml`` calls it with the file's ``args``. Checkpoint paths
+    are resolved here (a run directory to its newest checkpoint), so a wrong one fails the deploy at once with
+    one line naming the architecture and the path, instead of after three replica start attempts."""
+    resolved = {arch: _resolved(arch, uri) for arch, uri in args.checkpoints.items()}
+    args = args.model_copy(update={"checkpoints": resolved})
+    server = PudNetServer.options(ray_actor_options={"num_cpus": args.num_cpus, "num_gpus": args.num_gpus},
+                                  user_config={"checkpoints": args.checkpoints}).bind(args)
+    return PudNetGateway.bind(server, args)
+
+
+def _resolved(arch: str, uri: str) -> str:
+    try:
+        return resolve(uri)
+    except ValueError as e:
+        raise ValueError(f"checkpoints[{arch!r}]: {e}") from None

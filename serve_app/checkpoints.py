@@ -1,20 +1,24 @@
-"""Load a served PudNet from a local checkpoint or a (Ray Train) checkpoint directory URI.
+"""Load a served PudNet from a local checkpoint, a (Ray Train) checkpoint directory URI, or a run directory.
 
 A Ray Train checkpoint directory holds ``model.safetensors`` next to optimizer state; only that file is
-fetched. The model is rebuilt from the config stored in it (``pudnet.checkpoint``), so the Serve YAML
-repeats no hyperparameter.
+fetched. A run directory (``<storage_path>/<name>``, what ``jobs/train.py`` writes) stands for its newest
+``checkpoint_*`` (highest step in its ``state.json``). The model is rebuilt from the config stored in the
+checkpoint (``pudnet.checkpoint``), so the Serve YAML repeats no hyperparameter.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.fs as pafs
 import torch
+from safetensors import SafetensorError, safe_open
 
 from pudnet import checkpoint
+from pudnet.config import PudNetConfig
 from pudnet.model import PudNet
 
 
@@ -25,17 +29,67 @@ class ServedModel:
     model: PudNet
 
 
+class CheckpointError(ValueError):
+    """One line naming the architecture, the path and what is wrong: what a failed deploy shows."""
+
+
+def newest_checkpoint(run_dir: str | Path) -> Path:
+    """The checkpoint to serve for a local path: itself if it holds model.safetensors (or is the file), else
+    the run directory's ``checkpoint_*`` with the highest step; CheckpointError if there is none."""
+    path = Path(run_dir)
+    if path.is_file() or (path / checkpoint.WEIGHTS_FILE).is_file():
+        return path
+    candidates = [d for d in path.glob("checkpoint_*") if (d / checkpoint.WEIGHTS_FILE).is_file()] \
+        if path.is_dir() else []
+    if not candidates:
+        raise CheckpointError(f"no PudNet checkpoint at {str(path)!r}: expected {checkpoint.WEIGHTS_FILE}, a "
+                              "checkpoint directory holding it, or a run directory with checkpoint_* folders "
+                              "(python jobs/train.py writes runs/pudnet-embedded)")
+    return max(candidates, key=_step)
+
+
+def _step(directory: Path) -> tuple[int, str]:
+    """(step from state.json, name): the name breaks ties and orders checkpoints without a readable state."""
+    try:
+        return int(json.loads((directory / "state.json").read_text())["step"]), directory.name
+    except (OSError, ValueError, KeyError, TypeError):
+        return -1, directory.name
+
+
+def architecture_of(path: str | Path) -> str:
+    """The architecture a checkpoint generates, read from its metadata alone (no tensor is loaded)."""
+    path = newest_checkpoint(path)
+    file = path / checkpoint.WEIGHTS_FILE if path.is_dir() else path
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return PudNetConfig.from_json((f.metadata() or {})["pudnet_config"]).arch
+    except (OSError, ValueError, KeyError, SafetensorError) as e:
+        raise CheckpointError(f"{str(file)!r} is not a readable PudNet checkpoint: {type(e).__name__}: {e}") from None
+
+
+def resolve(uri: str) -> str:
+    """A local path made absolute (replicas may run elsewhere) and resolved to its newest checkpoint; URIs as is."""
+    return uri if "://" in uri else str(newest_checkpoint(Path(uri).expanduser().absolute()))
+
+
 def load_served(arch: str, uri: str, device: torch.device | None) -> ServedModel:
-    """Fetch, hash and load the checkpoint at ``uri``; ValueError if it generates another architecture."""
-    with tempfile.TemporaryDirectory(prefix="pudnet-ckpt-") as tmp:
-        path = _fetch(uri, Path(tmp))
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            while block := f.read(1 << 20):
-                digest.update(block)
-        model = checkpoint.load(path, device).model
+    """Fetch, hash and load the checkpoint at ``uri``; CheckpointError (one line) if it is missing, unreadable
+    or generates another architecture."""
+    try:
+        with tempfile.TemporaryDirectory(prefix="pudnet-ckpt-") as tmp:
+            path = _fetch(resolve(uri), Path(tmp))
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                while block := f.read(1 << 20):
+                    digest.update(block)
+            model = checkpoint.load(path, device).model
+    except CheckpointError as e:
+        raise CheckpointError(f"checkpoints[{arch!r}]: {e}") from None
+    except Exception as e:  # noqa: BLE001 - any loader failure becomes the one line a deploy shows
+        raise CheckpointError(f"checkpoints[{arch!r}] = {uri!r} cannot be loaded: {type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}") from None
     if model.cfg.arch != arch:
-        raise ValueError(f"checkpoints[{arch!r}] = {uri!r} generates {model.cfg.arch!r} weights; "
+        raise CheckpointError(f"checkpoints[{arch!r}] = {uri!r} generates {model.cfg.arch!r} weights; "
                          f"list it under {model.cfg.arch!r}")
     return ServedModel(uri, f"sha256:{digest.hexdigest()[:16]}", model)
 
@@ -43,13 +97,13 @@ def load_served(arch: str, uri: str, device: torch.device | None) -> ServedModel
 def _fetch(uri: str, workdir: Path) -> Path:
     """A local path as is; a URI (s3://, gs://, file://...) via pyarrow, the file or ``<dir>/model.safetensors``."""
     if "://" not in uri:
-        path = Path(uri)
+        path = newest_checkpoint(uri)
         return path / checkpoint.WEIGHTS_FILE if path.is_dir() else path
     filesystem, path = pafs.FileSystem.from_uri(uri)
     if filesystem.get_file_info(path).type == pafs.FileType.Directory:
         path = f"{path.rstrip('/')}/{checkpoint.WEIGHTS_FILE}"
     if filesystem.get_file_info(path).type != pafs.FileType.File:
-        raise FileNotFoundError(f"no PudNet checkpoint at {uri!r} (expected a {checkpoint.WEIGHTS_FILE} "
+        raise CheckpointError(f"no PudNet checkpoint at {uri!r} (expected a {checkpoint.WEIGHTS_FILE} "
                                 "file or a directory holding one)")
     local = workdir / checkpoint.WEIGHTS_FILE
     pafs.copy_files(path, str(local), source_filesystem=filesystem, destination_filesystem=pafs.LocalFileSystem())

@@ -1,8 +1,9 @@
 """Turn an upload (zip/tar ImageFolder archive, ``.npz``) into a ClassBank, or raise BadInput.
 
-Every pixel goes through ``pudnet.datasets`` (``decode_labelled_images``, ``to_rgb_array``), so served images
-match meta-training exactly. Limits are checked before the expensive step they guard: the declared size
-before a body is read, member sizes before an archive is inflated, file counts before images are decoded.
+Every pixel goes through ``pudnet.datasets.to_rgb_array``, so served images match meta-training exactly.
+Limits are checked before the expensive step they guard: the declared size before a body is read, member
+names and sizes before an archive is inflated, npy headers before an array is allocated, image headers
+(pixels) before any image is decoded (``serve_app.budget``).
 """
 from __future__ import annotations
 
@@ -13,24 +14,16 @@ import zipfile
 import zlib
 from pathlib import PurePosixPath
 
-import numpy as np
-from PIL import Image
 from starlette.requests import ClientDisconnect, Request
 
 from pudnet.data import ClassBank
-from pudnet.datasets import decode_labelled_images, to_rgb_array
+
+from .budget import BadInput, Budget, decode_budgeted
+from .npz import NPY_ARRAYS, read_npz
 
 _ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
 _ARCHIVE_ERRORS = (zipfile.BadZipFile, tarfile.TarError, zlib.error, lzma.LZMAError, EOFError, OSError)
 FORMATS_HINT = "a zip or tar archive of <class_name>/<image> files, an .npz with images and labels, or JSON {\"path\"}"
-
-
-class BadInput(Exception):
-    """A client error: ``status`` (4xx), a stable ``kind`` for metrics, and a message naming the fix."""
-
-    def __init__(self, status: int, kind: str, message: str):
-        super().__init__(message)
-        self.status, self.kind, self.message = status, kind, message
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
@@ -54,26 +47,29 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-def read_upload(body: bytes, image_size: int, max_images: int, max_extracted_bytes: int) -> ClassBank:
+def read_upload(body: bytes, image_size: int, max_images: int, max_extracted_bytes: int, budget: Budget) -> ClassBank:
     """Sniff the upload's format from its bytes (clients mislabel Content-Type) and decode it."""
     if not body:
         raise BadInput(400, "empty_upload", f"the request body is empty; send {FORMATS_HINT}")
     if body[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
         try:
             archive = zipfile.ZipFile(io.BytesIO(body))
+        except UnicodeDecodeError as e:  # a name not valid UTF-8 although its UTF-8 flag (bit 11) is set
+            raise BadInput(400, "bad_member_name", f"a zip member name is not valid UTF-8 although the entry is "
+                                                   f"flagged UTF-8 ({e}); rename the files or re-create the zip") from e
         except _ARCHIVE_ERRORS as e:
             raise BadInput(400, "unreadable_archive", f"unreadable zip file: {e}") from e
-        sizes = {i.filename: i.file_size for i in archive.infolist() if not i.is_dir()}
-        _check_extracted(sum(sizes.values()), max_extracted_bytes)
-        if {"images.npy", "labels.npy"} <= set(sizes):
-            return _read_npz(body, image_size, max_images)
-        members = [(i.filename, lambda i=i: _zip_read(archive, i)) for i in archive.infolist() if not i.is_dir()]
-        return _decode_archive(members, image_size, max_images)
+        files = [i for i in archive.infolist() if not i.is_dir()]
+        _check_extracted(sum(i.file_size for i in files), max_extracted_bytes)
+        if {f"{name}.npy" for name in NPY_ARRAYS[:2]} <= {i.filename for i in files}:
+            return read_npz(archive, image_size, max_images, budget)
+        members = [(i.filename, lambda i=i: _zip_read(archive, i)) for i in files]
+        return _decode_archive(members, image_size, max_images, budget)
     try:
         archive = tarfile.open(fileobj=io.BytesIO(body), mode="r:*")
     except _ARCHIVE_ERRORS as e:
         raise BadInput(415, "unsupported_format", f"not a zip, npz or tar archive; send {FORMATS_HINT}") from e
-    return _decode_archive(_tar_members(archive, max_extracted_bytes), image_size, max_images)
+    return _decode_archive(_tar_members(archive, max_extracted_bytes), image_size, max_images, budget)
 
 
 def _check_extracted(size: int, limit: int) -> None:
@@ -87,12 +83,16 @@ def _zip_read(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
         raise BadInput(400, "unreadable_archive", f"{info.filename}: encrypted zip entries are not supported")
     if info.compress_type not in _ZIP_METHODS:
         raise BadInput(400, "unreadable_archive", f"{info.filename}: unsupported zip compression {info.compress_type}")
-    return archive.read(info)
+    try:
+        return archive.read(info)
+    except _ARCHIVE_ERRORS as e:
+        raise BadInput(400, "unreadable_archive", f"unreadable archive member {info.filename!r}: {e}") from e
 
 
 def _tar_members(archive: tarfile.TarFile, max_extracted_bytes: int) -> list:
     """Regular files of a tar, sizes checked header by header so a compressed bomb is never inflated, and
-    read in order (seeking back in a .tar.gz would inflate it again for every member)."""
+    read in order (seeking back in a .tar.gz would inflate it again for every member). Links and devices
+    are refused: an ImageFolder upload holds files."""
     members, total = [], 0
     try:
         for member in archive:
@@ -101,16 +101,33 @@ def _tar_members(archive: tarfile.TarFile, max_extracted_bytes: int) -> list:
                 _check_extracted(total, max_extracted_bytes)
                 data = archive.extractfile(member).read()
                 members.append((member.name, lambda data=data: data))
+            elif not member.isdir():
+                raise BadInput(400, "unsupported_member", f"{member.name!r} is a link or special file; an upload "
+                                                          "holds only folders and image files")
     except _ARCHIVE_ERRORS as e:
         raise BadInput(400, "unreadable_archive", f"unreadable tar archive: {e}") from e
     return members
 
 
-def _decode_archive(members: list, image_size: int, max_images: int) -> ClassBank:
+def member_parts(name: str) -> tuple[str, ...]:
+    """The path parts of an archive member name; 400 for names that would climb out of the folder."""
+    parts = PurePosixPath(name).parts
+    if name.startswith("/") or "\\" in name or ".." in parts or (parts and parts[0].endswith(":")):
+        raise BadInput(400, "unsafe_member_name", f"archive member {name!r} has an absolute or '..' path; "
+                                                  "members must be relative: <class_name>/<image>")
+    return parts
+
+
+def _decode_archive(members: list, image_size: int, max_images: int, budget: Budget) -> ClassBank:
     """``(name, read)`` archive members laid out ``[root/]<class_name>/<image>`` -> bank named by class folder."""
-    paths = [(PurePosixPath(name).parts, read) for name, read in members]
-    paths = [(parts, read) for parts, read in paths
-             if parts and not any(p.startswith(".") or p == "__MACOSX" for p in parts)]
+    paths, seen = [], set()
+    for name, read in members:
+        parts = member_parts(name)
+        if parts in seen:
+            raise BadInput(400, "duplicate_member", f"archive member {name!r} appears more than once")
+        seen.add(parts)
+        if parts and not any(p.startswith(".") or p == "__MACOSX" for p in parts):
+            paths.append((parts, read))
     if paths and len({parts[0] for parts, _ in paths}) == 1 and min(len(parts) for parts, _ in paths) >= 3:
         paths = [(parts[1:], read) for parts, read in paths]  # a zip of the folder itself: drop its root
     images = [(parts, read) for parts, read in paths if len(parts) >= 2]  # files at the root are not labelled
@@ -118,56 +135,8 @@ def _decode_archive(members: list, image_size: int, max_images: int) -> ClassBan
         raise BadInput(400, "empty_archive", "the archive holds no <class_name>/<image> files")
     if len(images) > max_images:
         raise BadInput(413, "too_many_images", f"{len(images)} images: this server accepts at most {max_images}")
-    entries = ((parts[0], "/".join(parts), read()) for parts, read in images)
-    try:
-        bank, skipped = decode_labelled_images(entries, image_size, source="upload")
-    except _ARCHIVE_ERRORS as e:
-        raise BadInput(400, "unreadable_archive", f"unreadable archive member: {e}") from e
-    except ValueError as e:
-        raise BadInput(400, "unreadable_images", str(e)) from e
-    return strict(bank, skipped)
-
-
-def strict(bank: ClassBank, skipped: list[str]) -> ClassBank:
-    """Refuse unreadable images inside class folders (silently dropping them would change the dataset);
-    strip the ``"<source>/"`` prefix so class names are the client's folder names."""
-    bad = [name for name in skipped if "/" in name]
-    if bad:
-        raise BadInput(400, "unreadable_images", f"{len(bad)} unreadable image file(s) (JPEG/PNG expected): {bad[:10]}")
-    return ClassBank(bank.images, bank.labels, tuple(n.split("/", 1)[1] for n in bank.class_names))
-
-
-def _read_npz(body: bytes, image_size: int, max_images: int) -> ClassBank:
-    """``images`` (N, H, W[, C]) uint8, ``labels`` (N,) ints, optional ``class_names`` (K,) strings."""
-    try:
-        with np.load(io.BytesIO(body), allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in ("images", "labels", "class_names") if k in npz.files}
-    except (*_ARCHIVE_ERRORS, ValueError) as e:
-        raise BadInput(400, "invalid_npz", f"unreadable npz (save it with numpy.savez, no object arrays): {e}") from e
-    images, labels = arrays["images"], arrays["labels"]
-    if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[3] not in (1, 3, 4)) or 0 in images.shape:
-        raise BadInput(400, "invalid_npz", f"images shape {images.shape}: expected (N, H, W) or (N, H, W, 1|3|4)")
-    _check_dtype("images", images, np.uint8, "uint8 pixels 0..255")
-    _check_dtype("labels", labels, np.integer, "integer class indices")
-    if labels.shape != (len(images),):
-        raise BadInput(400, "count_mismatch", f"{len(images)} images but labels of shape {labels.shape}; "
-                                              "expected one label per image")
-    if len(images) > max_images:
-        raise BadInput(413, "too_many_images", f"{len(images)} images: this server accepts at most {max_images}")
-    if "class_names" in arrays:
-        names = tuple(str(n) for n in arrays["class_names"].reshape(-1))
-        if labels.min() < 0 or labels.max() >= len(names):
-            raise BadInput(400, "invalid_npz", f"labels must lie in [0, {len(names)}) for {len(names)} class_names")
-    else:
-        values, labels = np.unique(labels, return_inverse=True)
-        names = tuple(str(v) for v in values)
-    pixels = images[..., 0] if images.ndim == 4 and images.shape[3] == 1 else images
-    resized = np.stack([to_rgb_array(Image.fromarray(p), image_size) for p in pixels])
-    return ClassBank(resized, labels.astype(np.int64), names)
-
-
-def _check_dtype(name: str, array: np.ndarray, kind: type, expected: str) -> None:
-    if np.issubdtype(array.dtype, np.inexact) and not np.isfinite(array).all():
-        raise BadInput(400, "non_finite", f"{name} contain NaN or inf; expected {expected}")
-    if not np.issubdtype(array.dtype, kind) or array.dtype == np.bool_:
-        raise BadInput(400, "wrong_dtype", f"{name} have dtype {array.dtype}; expected {expected}")
+    entries = []
+    for parts, read in images:
+        budget.check()
+        entries.append((parts[0], "/".join(parts), read()))
+    return decode_budgeted(entries, image_size, budget)

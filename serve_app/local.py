@@ -40,10 +40,13 @@ def start(num_cpus: int = 2, object_store_bytes: int = 300 << 20) -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def deploy(config: dict, wait_s: float = 120) -> None:
-    """Apply ``config`` and wait until every application runs; raise with Serve's message if one fails."""
+def deploy(config: dict, wait_s: float = 120, wait: bool = True) -> None:
+    """Apply ``config`` and (if ``wait``) wait until every application runs; raise with Serve's message if
+    one fails."""
     schema = ServeDeploySchema.model_validate(config)
     _get_global_client().deploy_apps(schema)
+    if not wait:
+        return
     names = [app.name for app in schema.applications]
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:

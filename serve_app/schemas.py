@@ -8,7 +8,8 @@ from pudnet.config import ARCHITECTURES
 from .paths import DatasetPath
 
 Arch = Literal[ARCHITECTURES]
-OutFormat = Literal["safetensors", "pt"]
+OutFormat = Literal["safetensors", "pt", "pt2"]
+WeightsDtype = Literal["float32", "float16", "bfloat16"]
 Checkpoints = dict[Arch, str]
 
 
@@ -23,6 +24,10 @@ class ServeArgs(BaseModel):
     max_upload_bytes: int = Field(64 << 20, gt=0, description="larger uploads get 413 before they are read")
     max_extracted_bytes: int = Field(512 << 20, gt=0, description="largest inflated archive")
     max_images: int = Field(5000, gt=0, description="most images per dataset")
+    max_image_pixels: int = Field(4096 * 4096, gt=0, description="largest image (width x height, from its header)")
+    max_total_pixels: int = Field(300_000_000, gt=0, description="decoded pixels per request, counted from the "
+                                  "image headers before any is decoded")
+    max_request_seconds: float = Field(120, gt=0, description="server time per request; past it: 504")
     allowed_roots: list[str] = Field([], description="directories/URI prefixes that JSON {path} requests may "
                                      "read; empty refuses them all")
 
@@ -56,8 +61,9 @@ class ModelsResponse(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok"]
+    status: Literal["ok", "starting"]
     architectures: list[str]
+    detail: str = ""
 
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
@@ -66,6 +72,7 @@ _UPLOAD_TYPES = ("application/zip", "application/x-tar", "application/gzip", "ap
 PREDICT_BODY = {"requestBody": {"required": True, "description": "the labelled dataset; binary formats are "
                                 "recognised by content, JSON names a dataset path", "content": {
     **{kind: _BINARY for kind in _UPLOAD_TYPES}, "application/json": {"schema": DatasetPath.model_json_schema()}}}}
-PREDICT_RESPONSES = {200: {"description": "the target's state_dict as safetensors (or a torch .pt file)",
+PREDICT_RESPONSES = {200: {"description": "the target's state_dict as safetensors (or a torch .pt file), or "
+                                          "format=pt2: a torch.export program of the target with those weights",
                            "content": {"application/octet-stream": _BINARY}},
-                     **{code: {"model": ErrorBody} for code in (400, 403, 404, 413, 415, 422)}}
+                     **{code: {"model": ErrorBody} for code in (400, 403, 404, 413, 415, 422, 503, 504)}}

@@ -163,7 +163,7 @@ def serve_problems(config: dict) -> list[str]:
         problems += [f"{app.name}.deployments: {d.name!r} is not a deployment of {module} ({sorted(defined)})"
                      for d in app.deployments if d.name not in defined]
         for d in app.deployments:
-            if d.autoscaling_config:
+            if isinstance(d.autoscaling_config, dict):  # unset is a DEFAULT sentinel (truthy), e.g. num_replicas
                 AutoscalingConfig.model_validate(d.autoscaling_config)   # e.g. min_replicas <= max_replicas
     return problems
 

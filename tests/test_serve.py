@@ -120,12 +120,13 @@ def test_config_keys_are_known():
     for app in config["applications"]:
         assert app["import_path"] == "serve_app.app:build_app"
         ServeArgs.model_validate(app["args"])  # extra="forbid"
+        assert [d["name"] for d in app["deployments"]] == [DEPLOYMENT, "PudNetGateway"]  # user_config goes to [0]
         for deployment in app["deployments"]:
             assert set(deployment) <= set(DeploymentSchema.model_fields), deployment
-            autoscaling = deployment["autoscaling_config"]
-            assert set(autoscaling) <= set(AutoscalingConfig.model_fields), autoscaling
-            assert {"min_replicas", "max_replicas", "target_ongoing_requests", "upscale_delay_s",
-                    "downscale_delay_s"} <= set(autoscaling)
+        autoscaling = app["deployments"][0]["autoscaling_config"]
+        assert set(autoscaling) <= set(AutoscalingConfig.model_fields), autoscaling
+        assert {"min_replicas", "max_replicas", "target_ongoing_requests", "upscale_delay_s",
+                "downscale_delay_s"} <= set(autoscaling)
     assert config["http_options"]["host"] == "127.0.0.1"
 
 
@@ -153,7 +154,8 @@ def test_models_health_and_openapi(server, tiny_checkpoint):
     operation = schema["paths"]["/v1/predict"]["post"]
     assert {"application/zip", "application/x-npz", "application/json"} <= set(operation["requestBody"]["content"])
     assert {p["name"]: p["schema"]["enum"] for p in operation["parameters"]} == {
-        "arch": ["convnet", "resnet18"], "format": ["safetensors", "pt"]}
+        "arch": ["convnet", "resnet18"], "format": ["safetensors", "pt", "pt2"],
+        "dtype": ["float32", "float16", "bfloat16"]}
     assert operation["responses"]["413"]["content"]["application/json"]["schema"]["$ref"].endswith("ErrorBody")
 
 
@@ -208,12 +210,19 @@ def test_pure_predict_through_handle_matches_local(server, digits, tiny_checkpoi
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("out_format", ["safetensors", "pt"])
+@pytest.mark.parametrize("out_format", ["safetensors", "pt", "pt2"])
 def test_resnet18_loads_strictly_into_torchvision(server, digits, out_format):
     up = digits.upload
     keep = np.concatenate([np.flatnonzero(up.labels == c)[:8] for c in range(3)])
     response = post(server.url, npz_bytes(up.images[keep], up.labels[keep]), arch="resnet18", format=out_format)
     assert response.status_code == 200, response.text
+    if out_format == "pt2":  # a self-contained program: no torchvision, no state_dict (tests/serve_app/test_export.py)
+        extra = {"metadata.json": ""}
+        program = torch.export.load(io.BytesIO(response.content), extra_files=extra)
+        norm = json.loads(json.loads(extra["metadata.json"])["normalization"])
+        logits = program.module()(to_tensor(up.images[keep], norm["mean"], norm["std"]))
+        assert logits.shape == (24, 3) and torch.isfinite(logits).all()
+        return
     if out_format == "safetensors":
         state, metadata = read_weights(response.content)
     else:
@@ -226,6 +235,29 @@ def test_resnet18_loads_strictly_into_torchvision(server, digits, out_format):
     with torch.no_grad():
         logits = net(to_tensor(up.images[keep], *[json.loads(metadata["normalization"])[k] for k in ("mean", "std")]))
     assert logits.shape == (24, 3) and torch.isfinite(logits).all()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("dtype,tolerance", [("float16", 0.02), ("bfloat16", 0.15)])
+def test_lean_response(server, digits, dtype, tolerance):
+    """dtype=float16|bfloat16: about half the bytes, BatchNorm statistics float32, the metadata says so, and the
+    weights load into the plain float32 target. float16 keeps the float32 response's accuracy; bfloat16's 8-bit
+    mantissa cost 9 points here (0.68 vs 0.77: eval-mode BatchNorm divides the rounding error by small running
+    variances), which the README states; the bound keeps it from getting worse unnoticed."""
+    up = digits.upload
+    body = npz_bytes(up.images, up.labels, up.class_names)
+    full, lean = post(server.url, body), post(server.url, body, dtype=dtype)
+    assert full.status_code == lean.status_code == 200, lean.text
+    state, metadata = read_weights(lean.content)
+    assert metadata["dtype"] == dtype and "running_var" in metadata["float32_tensors"]
+    assert {str(v.dtype) for k, v in state.items() if k.endswith(("running_mean", "running_var"))} == {"torch.float32"}
+    assert {str(v.dtype) for k, v in state.items() if k.endswith("weight")} == {f"torch.{dtype}"}
+    assert len(lean.content) < 0.6 * len(full.content)
+    exact = evaluate(*read_weights(full.content), digits.eval.images, digits.eval.labels, digits.names)
+    cast = evaluate(state, metadata, digits.eval.images, digits.eval.labels, digits.names)
+    print(f"unseen-digit accuracy, float32 {exact:.3f} vs {dtype} {cast:.3f}; bytes {len(full.content)} vs "
+          f"{len(lean.content)}")
+    assert abs(cast - exact) <= tolerance, (cast, exact)
 
 
 @pytest.mark.integration
@@ -281,3 +313,35 @@ def test_hot_swap_in_place_without_dropping_requests(server, digits, tiny_checkp
         assert metadata["pudnet_checkpoint"] == after["models"][0]["checkpoint_id"]
     finally:
         local.deploy(server.config)  # back to the module's config for any later test
+
+
+def test_shipped_config_serves_what_train_writes():
+    """`python jobs/train.py` writes <storage_path>/<name> of its TrainConfig defaults: the config serves that."""
+    from jobs.train import TrainConfig
+    args = ServeArgs.model_validate(yaml.safe_load(local.CONFIG.read_text())["applications"][0]["args"])
+    assert args.checkpoints == {"convnet": f"{TrainConfig.storage_path}/{TrainConfig.name}"}
+    assert TrainConfig().model.arch == "convnet"
+
+
+@pytest.mark.integration
+def test_two_clients_use_both_cores(server, digits):
+    """Two clients sending at once: autoscaling starts the second one-CPU replica (2 cores, 2 replicas)."""
+    up = digits.upload
+    body, done = npz_bytes(up.images, up.labels, up.class_names), threading.Event()
+
+    def client():
+        while not done.is_set():
+            assert post(server.url, body).status_code == 200
+    clients = [threading.Thread(target=client) for _ in range(2)]
+    for c in clients:
+        c.start()
+    try:
+        deadline, most = time.monotonic() + 45, 1
+        while time.monotonic() < deadline and most < 2:
+            most = max(most, local.running_replicas(APP, DEPLOYMENT))
+            time.sleep(0.5)
+    finally:
+        done.set()
+        for c in clients:
+            c.join()
+    assert most == 2, "2 concurrent clients never got a 2nd replica"

@@ -5,8 +5,13 @@ small limits so each one is cheap to exceed.
 """
 import io
 import json
+import os
 import socket
+import struct
+import tarfile
+import time
 import zipfile
+import zlib
 from types import SimpleNamespace
 
 import numpy as np
@@ -26,6 +31,7 @@ from serve_app.app import ServeArgs, build_app
 
 pytestmark = pytest.mark.integration
 MAX_BYTES, MAX_EXTRACTED, MAX_IMAGES, MAX_CLASSES = 1 << 20, 4 << 20, 60, 3
+MAX_TOTAL_PIXELS = 100_000  # per request; the per-image limit stays at its default, 4096 x 4096
 
 
 def png(shape=(12, 10), seed=0) -> bytes:
@@ -44,6 +50,39 @@ def classes(k: int, per_class: int = 3) -> dict[str, bytes]:
     return {f"c{c}/{i}.png": png(seed=c * 100 + i) for c in range(k) for i in range(per_class)}
 
 
+def png_header(width: int, height: int) -> bytes:
+    """A 1-bit PNG declaring width x height whose data is one empty row: only its header is ever read."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
+
+
+def npy_header_only(shape) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "|u1", "fortran_order": False, "shape": shape})
+    return buffer.getvalue() + bytes(64)
+
+
+def npy_of(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def tar_with_link() -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name, data in classes(2).items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("c0/passwd.png")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        archive.addfile(link)
+    return buffer.getvalue()
+
+
 VALID_ZIP = zip_of(classes(2))
 VALID_NPZ = npz_of(images=np.random.default_rng(0).integers(0, 256, (6, 9, 9), dtype=np.uint8),
                    labels=np.array([0, 1] * 3))
@@ -57,12 +96,13 @@ def server(tmp_path_factory):
     ckpt, root = tmp_path_factory.mktemp("untrained"), tmp_path_factory.mktemp("allowed")
     checkpoint.save(ckpt, model.eval())
     args = ServeArgs(checkpoints={"convnet": str(ckpt)}, max_upload_bytes=MAX_BYTES, max_images=MAX_IMAGES,
-                     max_extracted_bytes=MAX_EXTRACTED, allowed_roots=[str(root)])
+                     max_extracted_bytes=MAX_EXTRACTED, max_total_pixels=MAX_TOTAL_PIXELS, allowed_roots=[str(root)])
     try:
         url = local.start()
         serve.run(build_app(args), name="pudnet", route_prefix="/")
         replica = requests.get(url + "/v1/models").json()["replica"]
-        yield SimpleNamespace(url=url, root=root, replica=replica, port=int(url.rsplit(":", 1)[1]))
+        yield SimpleNamespace(url=url, root=root, replica=replica, port=int(url.rsplit(":", 1)[1]),
+                              checkpoint=str(ckpt))
     finally:
         local.stop()
 
@@ -118,6 +158,28 @@ CASES = {  # name: (body, content type, status, kind)
                                  "invalid_dataset"),
     "npz too many images": (npz_of(images=np.zeros((MAX_IMAGES + 1, 4, 4), np.uint8),
                                    labels=np.arange(MAX_IMAGES + 1) % 2), "application/x-npz", 413, "too_many_images"),
+    "zip name not UTF-8 despite its flag": (zip_of({**classes(2), "c1/\u00e9.png": png()}).replace(
+        "\u00e9".encode(), b"\xff\xfe"), "application/zip", 400, "bad_member_name"),
+    "absolute member name": (zip_of({**classes(2), "/c1/x.png": png()}), "application/zip", 400, "unsafe_member_name"),
+    "'..' member name": (zip_of({**classes(2), "../../x/1.png": png()}), "application/zip", 400, "unsafe_member_name"),
+    "member named '../..'": (zip_of({**classes(2), "../..": png()}), "application/zip", 400, "unsafe_member_name"),
+    "tar link member": (tar_with_link(), "application/x-tar", 400, "unsupported_member"),
+    "npz declaring a 6 TB array": (zip_of({"images.npy": npy_header_only((60000, 10000, 10000, 1)),
+                                           "labels.npy": npy_of(np.array([0, 1]))}),
+                                   "application/x-npz", 400, "invalid_npz"),
+    "npz (N, 3, 32, 4)": (npz_of(images=np.zeros((4, 3, 32, 4), np.uint8), labels=np.array([0, 1, 0, 1])),
+                          "application/x-npz", 400, "invalid_npz"),
+    "npz duplicate class names": (npz_of(images=np.zeros((4, 8, 8), np.uint8), labels=np.array([0, 1, 0, 1]),
+                                         class_names=np.array(["cat", "cat"])), "application/x-npz", 400,
+                                  "duplicate_class_names"),
+    "npz over the pixel budget": (npz_of(images=np.zeros((40, 60, 60), np.uint8), labels=np.arange(40) % 2),
+                                  "application/x-npz", 413, "pixel_budget_exceeded"),
+    "PNG over the per-image pixel limit": (zip_of({**classes(2), "c1/big.png": png_header(5000, 5000)}),
+                                           "application/zip", 413, "image_too_large"),
+    "PNG over PIL's own limit": (zip_of({**classes(2), "c1/huge.png": png_header(30000, 30000)}), "application/zip",
+                                 413, "image_too_large"),
+    "images over the pixel budget": (zip_of({f"c{i % 2}/{i}.png": png((100, 100), seed=i) for i in range(12)}),
+                                     "application/zip", 413, "pixel_budget_exceeded"),
     "JSON that is not JSON": (b"{not json", "application/json", 422, "invalid_request"),
     "JSON without path": (b'{"pth": "/x"}', "application/json", 422, "invalid_request"),
     "path outside the roots": (b'{"path": "/etc"}', "application/json", 403, "path_not_allowed"),
@@ -141,6 +203,19 @@ def test_bad_paths_inside_and_around_the_root(server):
              ({"path": str(server.root / "missing")}, 404, "path_not_found"),
              ({"path": str(server.root / "ok")}, 400, "unreadable_images"),
              ({"path": str(server.root / "ok"), "classes": ["a"]}, 400, "invalid_request")]
+    outside = server.root.parent / "outside"
+    (outside / "c").mkdir(parents=True, exist_ok=True)
+    (outside / "c" / "1.png").write_bytes(png())
+    for name in ("linked_class", "linked_file"):
+        for c in ("a", "b"):
+            (server.root / name / c).mkdir(parents=True)
+            (server.root / name / c / "1.png").write_bytes(png())
+    os.symlink(outside / "c", server.root / "linked_class" / "c")
+    os.symlink("/etc/passwd", server.root / "linked_file" / "a" / "2.png")
+    os.symlink(outside, server.root / "linked_root")
+    cases += [({"path": str(server.root / "linked_class")}, 403, "path_not_allowed"),
+              ({"path": str(server.root / "linked_file")}, 403, "path_not_allowed"),
+              ({"path": str(server.root / "linked_root")}, 403, "path_not_allowed")]
     too_many = MAX_IMAGES + 1
     shards.write_bank(ClassBank(np.zeros((too_many, 8, 8, 3), np.uint8), np.arange(too_many) % 2, ("s/a", "s/b")),
                       str(server.root / "shards"), "s", {}, test_fraction=0)
@@ -151,9 +226,57 @@ def test_bad_paths_inside_and_around_the_root(server):
         assert_rejected(server, post(server, json.dumps(request).encode(), "application/json"), status, kind)
 
 
+def one_bit_png(side: int) -> bytes:
+    """A blank 1-bit PNG: about 10 KB at 9000 x 9000, yet half a second of decoding (issue 13)."""
+    buffer = io.BytesIO()
+    Image.new("1", (side, side)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def timed(server, body) -> tuple[int, float]:
+    start = time.perf_counter()
+    status = post(server, body).status_code
+    return status, time.perf_counter() - start
+
+
+def test_cpu_exhaustion_upload_is_refused_from_headers(server):
+    """60 x 9000x9000 1-bit PNGs (~0.6 MB) would take ~30 s to decode: refused from their headers, and a
+    valid request right after is served within twice its normal time."""
+    normal = max(timed(server, VALID_ZIP)[1] for _ in range(3))
+    bomb = zip_of({f"c{i % 2}/{i}.png": data for i, data in enumerate([one_bit_png(9000)] * 50)})
+    assert len(bomb) < MAX_BYTES
+    start = time.perf_counter()
+    assert_rejected(server, post(server, bomb, "application/zip"), 413, "image_too_large")
+    refused_s = time.perf_counter() - start
+    status, after = timed(server, VALID_ZIP)
+    print(f"valid zip: {normal * 1000:.0f} ms (slowest of 3) before, {after * 1000:.0f} ms right after the "
+          f"CPU-exhaustion upload, which was refused in {refused_s * 1000:.0f} ms")
+    assert status == 200 and after <= 2 * normal, (after, normal, refused_s)
+
+
+def test_server_time_ceiling_ends_the_request_and_its_work(server):
+    """A second app with a 1 s ceiling: 20 images of 4000x4000 (~0.1 s each to decode) end with 504 and a
+    message; the work stops (the next valid request is not stuck behind it)."""
+    args = ServeArgs(checkpoints={"convnet": server.checkpoint}, max_request_seconds=1.0, max_total_pixels=10**9)
+    serve.run(build_app(args), name="ceiling", route_prefix="/ceiling")
+    url = server.url + "/ceiling/v1/predict"
+    slow = zip_of({f"c{i % 2}/{i}.png": data for i, data in enumerate([one_bit_png(4000)] * 40)})
+    try:
+        response = requests.post(url, data=slow, timeout=60)
+        assert response.status_code == 504, response.text
+        assert "1 s" in response.json()["detail"] and response.json()["error"] == "server_time_exceeded"
+        start = time.perf_counter()
+        assert requests.post(url, data=VALID_ZIP, timeout=60).status_code == 200
+        assert time.perf_counter() - start < 2, "the timed-out request kept the replica busy"
+    finally:
+        serve.delete("ceiling")
+
+
 def test_bad_query_and_routes(server):
     assert_rejected(server, post(server, VALID_ZIP, arch="vgg"), 422, "invalid_request")
     assert_rejected(server, post(server, VALID_ZIP, format="onnx"), 422, "invalid_request")
+    assert_rejected(server, post(server, VALID_ZIP, dtype="int8"), 422, "invalid_request")
+    assert_rejected(server, post(server, VALID_ZIP, format="pt", dtype="float16"), 400, "invalid_request")
     assert_rejected(server, post(server, VALID_ZIP, arch="resnet18"), 404, "arch_not_served")
     assert_rejected(server, requests.get(server.url + "/v1/predict"), 405, "http_error")
     assert_rejected(server, requests.get(server.url + "/v2/predict"), 404, "http_error")
@@ -242,7 +365,7 @@ def test_fuzz_over_the_openapi_schema(server):
         response = post(server, body, content_type, **query)
         seen.append(response.status_code)
         if response.status_code == 200:  # a mutation that left the upload valid (say, in a zip comment)
-            assert response.content[8:9] == b"{" or query.get("format") == "pt"
+            assert response.content[8:9] == b"{" or query.get("format") in ("pt", "pt2")
             return
         assert 400 <= response.status_code < 500, (response.status_code, response.text[:500])
         assert response.json()["detail"], response.text

@@ -22,6 +22,7 @@ class Stub(BaseHTTPRequestHandler):
 
     requests: list[dict] = []
     reply = (200, "application/octet-stream", WEIGHTS)
+    before: list[tuple] = []  # replies (status, content type, body) given first, one per request, then ``reply``
 
     def do_POST(self):
         chunked = self.headers.get("Transfer-Encoding") == "chunked"
@@ -29,8 +30,10 @@ class Stub(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         Stub.requests.append({"path": url.path, "query": parse_qs(url.query), "body": body, "chunked": chunked,
                               "content_type": self.headers["Content-Type"]})
-        status, kind, payload = Stub.reply
+        status, kind, payload = Stub.before.pop(0) if Stub.before else Stub.reply
         self.send_response(status)
+        if status == 503:
+            self.send_header("Retry-After", "0")
         self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
@@ -45,7 +48,7 @@ def stub():
     server = ThreadingHTTPServer(("127.0.0.1", 0), Stub)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    Stub.requests, Stub.reply = [], (200, "application/octet-stream", WEIGHTS)
+    Stub.requests, Stub.reply, Stub.before = [], (200, "application/octet-stream", WEIGHTS), []
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
@@ -121,6 +124,12 @@ def test_predict_npz_as_pt(stub, tmp_path):
     assert (tmp_path / "w.pt").read_bytes() == b"pt bytes"
 
 
+def test_dtype_is_sent_and_reported(stub, folder, tmp_path, capsys):
+    assert cli.main(["predict", "--endpoint", stub, "--data", str(folder), "--out", str(tmp_path / "w.safetensors"),
+                     "--dtype", "bfloat16"]) == 0
+    assert Stub.requests[0]["query"] == {"arch": ["convnet"], "format": ["safetensors"], "dtype": ["bfloat16"]}
+
+
 def test_server_path_sends_json(stub, tmp_path):
     assert cli.main(["predict", "--endpoint", stub, "--server-path", "/data/pets", "--out",
                      str(tmp_path / "w.safetensors")]) == 0
@@ -136,7 +145,31 @@ def test_server_error_is_shown_and_nothing_written(stub, folder, tmp_path, capsy
     assert list(tmp_path.iterdir()) == [folder]
 
 
-def test_unreachable_endpoint_and_missing_data(tmp_path, capsys):
+def test_503_is_retried_and_said(stub, folder, tmp_path, capsys):
+    Stub.before = [(503, "application/json", b'{"error": "replica_unavailable", "detail": "lost"}')] * 2
+    out = tmp_path / "w.safetensors"
+    assert cli.main(["predict", "--endpoint", stub, "--data", str(folder), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "server unavailable (503): replica_unavailable: lost; retry 1/4 in 0 s" in err and "retry 2/4" in err
+    assert len(Stub.requests) == 3 and out.read_bytes() == WEIGHTS
+    assert Stub.requests[2]["body"] == Stub.requests[0]["body"]  # the whole upload sent again
+
+
+def test_retries_are_bounded(stub, folder, tmp_path, capsys):
+    Stub.reply = (503, "application/json", b'{"error": "replica_unavailable", "detail": "lost"}')
+    assert cli.main(["predict", "--endpoint", stub, "--data", str(folder), "--out", str(tmp_path / "w"),
+                     "--retries", "2"]) == 1
+    assert "gave up after 3 attempts" in capsys.readouterr().err and len(Stub.requests) == 3
+
+
+def test_backoff_doubles_up_to_a_cap():
+    assert [cli.backoff_s(a, None) for a in range(7)] == [1, 2, 4, 8, 16, 30, 30]
+    assert cli.backoff_s(0, 5.0) == 5.0 and cli.backoff_s(3, 120.0) == 30
+
+
+def test_unreachable_endpoint_and_missing_data(tmp_path, capsys, monkeypatch):
+    slept = []
+    monkeypatch.setattr(cli.time, "sleep", slept.append)
     import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -144,7 +177,9 @@ def test_unreachable_endpoint_and_missing_data(tmp_path, capsys):
     (tmp_path / "d.zip").write_bytes(b"PK")
     assert cli.main(["predict", "--endpoint", closed, "--data", str(tmp_path / "d.zip"), "--out",
                      str(tmp_path / "w")]) == 1
-    assert "cannot reach" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cannot reach" in err and "retry 4/4 in 8 s" in err and "gave up after 5 attempts" in err
+    assert slept == [1, 2, 4, 8]
     assert cli.main(["predict", "--endpoint", closed, "--data", str(tmp_path / "nope"), "--out",
                      str(tmp_path / "w")]) == 1
     assert "no such file or directory" in capsys.readouterr().err
