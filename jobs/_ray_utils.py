@@ -26,7 +26,7 @@ from pudnet.model import PudNet
 from pudnet.shards import filesystem, join
 from pudnet.stream import SubDatasetBuilder
 
-STATE_FILE, OPTIMIZER_FILE, METRICS_FILE = "state.json", "optimizer.pt", "metrics.jsonl"
+OPTIMIZER_FILE, METRICS_FILE = "optimizer.pt", "metrics.jsonl"
 
 
 def resumed_step(run_dir: str) -> int:
@@ -97,7 +97,7 @@ def restore(ckpt: ray.train.Checkpoint | None, net: PudNet, optimizer, scheduler
         states = torch.load(Path(d, OPTIMIZER_FILE), map_location=next(net.parameters()).device)
         optimizer.load_state_dict(states["optimizer"])
         scheduler.load_state_dict(states["scheduler"])
-        return int(json.loads(Path(d, STATE_FILE).read_text())["step"])
+        return int(json.loads(Path(d, checkpoint.STATE_FILE).read_text())["step"])
 
 
 def report(metrics: dict, net: PudNet | None = None, optimizer=None, scheduler=None, split=None,
@@ -110,7 +110,8 @@ def report(metrics: dict, net: PudNet | None = None, optimizer=None, scheduler=N
         checkpoint.save(d, net, split, extra={"train_config": json.dumps(config), "shard_roots": json.dumps(roots),
                                                 "step": str(metrics["step"])})
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, Path(d, OPTIMIZER_FILE))
-        Path(d, STATE_FILE).write_text(json.dumps({"step": metrics["step"], "metrics": metrics}, indent=1))
+        state = {"step": metrics["step"], "metrics": metrics}
+        Path(d, checkpoint.STATE_FILE).write_text(json.dumps(state, indent=1))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 

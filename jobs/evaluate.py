@@ -99,19 +99,6 @@ class RunRecord:
     train_config: dict | None
 
 
-def newest_checkpoint(path: str | Path) -> Path:
-    """``path`` itself if it is a checkpoint (dir or file), else the newest ``checkpoint_*`` of a run dir."""
-    path = Path(path)
-    if path.is_file() or (path / checkpoint.WEIGHTS_FILE).is_file():
-        return path
-    found = [(json.loads((d / "state.json").read_text())["step"], d.name, d) for d in path.glob("checkpoint_*")
-             if (d / "state.json").is_file() and (d / checkpoint.WEIGHTS_FILE).is_file()]
-    if not found:
-        raise FileNotFoundError(f"{path}: neither a checkpoint (no {checkpoint.WEIGHTS_FILE}) nor a run directory "
-                                "with checkpoint_*/state.json; pass what jobs/train.py printed as 'final checkpoint'")
-    return max(found)[2]
-
-
 def load(cfg: EvalConfig, smoke: bool) -> RunRecord:
     """The run's record from its checkpoint, or a tiny untrained model on two sources for --smoke-test."""
     device = torch.device(cfg.device) if cfg.device else (
@@ -125,7 +112,7 @@ def load(cfg: EvalConfig, smoke: bool) -> RunRecord:
         split = split_classes(Catalog(roots).class_names, ["digits"], 0.2, 5, cfg.seed)
         return RunRecord("(smoke test)", model.to(device), split, roots, None)
     from jobs.train import TrainConfig   # here: jobs.train imports this module
-    path = newest_checkpoint(cfg.checkpoint)
+    path = checkpoint.newest(cfg.checkpoint)
     loaded = checkpoint.load(path, device)
     meta = loaded.metadata
     if loaded.split is None:

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from .data import ClassSplit
 from .model import PudNet
 
 WEIGHTS_FILE = "model.safetensors"
+STATE_FILE = "state.json"   # beside WEIGHTS_FILE in a training run's checkpoint: {"step": ..., "metrics": ...}
 FORMAT = "pudnet-checkpoint-1"
 
 
@@ -48,6 +50,28 @@ def save(directory: str | os.PathLike, model: PudNet, split: ClassSplit | None =
         if os.path.exists(tmp):
             os.remove(tmp)
     return directory / WEIGHTS_FILE
+
+
+def newest(path: str | os.PathLike) -> Path:
+    """The checkpoint ``path`` names: itself if it is ``model.safetensors`` or a directory holding it, else the
+    newest ``checkpoint_*`` (highest step in its state.json) of a run directory ``<storage_path>/<name>``."""
+    path = Path(path)
+    if path.is_file() or (path / WEIGHTS_FILE).is_file():
+        return path
+    candidates = [d for d in path.glob("checkpoint_*") if (d / WEIGHTS_FILE).is_file()] if path.is_dir() else []
+    if not candidates:
+        raise FileNotFoundError(f"no PudNet checkpoint at {str(path)!r}: expected {WEIGHTS_FILE}, a checkpoint "
+                                "directory holding it, or a run directory with checkpoint_* folders "
+                                "(python jobs/train.py writes runs/pudnet-embedded)")
+    return max(candidates, key=_step)
+
+
+def _step(directory: Path) -> tuple[int, str]:
+    """(step from state.json, name): the name breaks ties and orders checkpoints without a readable state."""
+    try:
+        return int(json.loads((directory / STATE_FILE).read_text())["step"]), directory.name
+    except (OSError, ValueError, KeyError, TypeError):
+        return -1, directory.name
 
 
 def load(path: str | os.PathLike, device: torch.device | str | None = None) -> LoadedCheckpoint:

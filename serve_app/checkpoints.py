@@ -8,7 +8,6 @@ checkpoint (``pudnet.checkpoint``), so the Serve YAML repeats no hyperparameter.
 from __future__ import annotations
 
 import hashlib
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,27 +32,12 @@ class CheckpointError(ValueError):
     """One line naming the architecture, the path and what is wrong: what a failed deploy shows."""
 
 
-def newest_checkpoint(run_dir: str | Path) -> Path:
-    """The checkpoint to serve for a local path: itself if it holds model.safetensors (or is the file), else
-    the run directory's ``checkpoint_*`` with the highest step; CheckpointError if there is none."""
-    path = Path(run_dir)
-    if path.is_file() or (path / checkpoint.WEIGHTS_FILE).is_file():
-        return path
-    candidates = [d for d in path.glob("checkpoint_*") if (d / checkpoint.WEIGHTS_FILE).is_file()] \
-        if path.is_dir() else []
-    if not candidates:
-        raise CheckpointError(f"no PudNet checkpoint at {str(path)!r}: expected {checkpoint.WEIGHTS_FILE}, a "
-                              "checkpoint directory holding it, or a run directory with checkpoint_* folders "
-                              "(python jobs/train.py writes runs/pudnet-embedded)")
-    return max(candidates, key=_step)
-
-
-def _step(directory: Path) -> tuple[int, str]:
-    """(step from state.json, name): the name breaks ties and orders checkpoints without a readable state."""
+def newest_checkpoint(path: str | Path) -> Path:
+    """``pudnet.checkpoint.newest``, failing with the one-line CheckpointError a deploy shows."""
     try:
-        return int(json.loads((directory / "state.json").read_text())["step"]), directory.name
-    except (OSError, ValueError, KeyError, TypeError):
-        return -1, directory.name
+        return checkpoint.newest(path)
+    except FileNotFoundError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def architecture_of(path: str | Path) -> str:
