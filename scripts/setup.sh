@@ -39,7 +39,7 @@ if [ "$BANK" = full ]; then
   else
     echo "setup: npm not found; source emoji_sets skipped" >&2
   fi
-  "$PY" -m pudnet.bank_sources summary
+  "$PY" -m pudnet.bank summary
 else
   "$PY" - <<'PY'
 from pudnet.datasets import DEFAULT_SOURCES, load_class_bank

@@ -1,14 +1,16 @@
 """The class bank's loaders (pudnet.bank_sources) on small data made here: a fake icon theme, a few glyphs of an
-installed font, fake emoji SVGs; plus deduplication, split groups, provenance and the montage."""
+installed font, fake emoji SVGs; deduplication; and its bookkeeping (pudnet.bank): split groups, provenance,
+the montage."""
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from pudnet import bank_sources, datasets
+from pudnet import bank, bank_sources, datasets
+from pudnet.bank import montage, split_group
 from pudnet.bank_sources import (SourceUnavailable, dedup_bank, emoji_candidates, glyph_candidates, icon_candidates,
-                                 image_hash, montage, split_group)
+                                 image_hash)
 from pudnet.data import ClassBank
 
 
@@ -147,25 +149,38 @@ def test_split_group(name, group):
 
 
 def test_bank_sources_load_by_name_through_the_registry(monkeypatch, tmp_path):
-    bank = ClassBank(np.zeros((4, 8, 8, 3), np.uint8), np.array([0, 0, 1, 1]), ("icons/a", "icons/b"))
-    monkeypatch.setattr(bank_sources, "load_icons", lambda size, n: bank)
+    fake = ClassBank(np.zeros((4, 8, 8, 3), np.uint8), np.array([0, 0, 1, 1]), ("icons/a", "icons/b"))
+    monkeypatch.setattr(bank_sources, "load_icons", lambda size, n: fake)
     pooled, missing = datasets.load_class_bank(["icons"], 8, None, cache_dir=tmp_path)
     assert pooled.class_names == ("icons/a", "icons/b") and not missing
-    assert set(datasets.BANK_SOURCES) <= set(datasets.SOURCES) and set(bank_sources.PROVENANCE) == set(
+    assert set(datasets.BANK_SOURCES) <= set(datasets.SOURCES) and set(bank.PROVENANCE) == set(
         datasets.SOURCES)
 
 
 def test_provenance_reads_installed_versions():
-    info = bank_sources.provenance("digits")
+    info = bank.provenance("digits")
     assert info["domain"] == "handwritten digits" and info["packages"]["scikit-learn"]
-    assert bank_sources.package_version("no-such-package-pudnet") is None
+    assert bank.package_version("no-such-package-pudnet") is None
 
 
 def test_montage_draws_a_labelled_grid(tmp_path):
     labels = np.repeat(np.arange(3), 4)
-    bank = ClassBank(np.stack([datasets.to_rgb_array(_shape(k), 16) for k in range(12)]), labels,
-                     ("toy/a", "toy/b", "toy/c"))
-    out = montage(bank, tmp_path / "grid.png", classes=2, per_class=3)
+    toy = ClassBank(np.stack([datasets.to_rgb_array(_shape(k), 16) for k in range(12)]), labels,
+                    ("toy/a", "toy/b", "toy/c"))
+    out = montage(toy, tmp_path / "grid.png", classes=2, per_class=3)
     with Image.open(out) as grid:
         assert grid.size == (260 + 3 * 18, 2 * 18)
         assert np.asarray(grid.convert("L"))[:, :200].min() < 100      # the labels are drawn
+
+
+def test_split_classes_by_group_keeps_near_identical_classes_together():
+    names = ([f"glyphs/U+{ord(c):04X} x" for c in "AaBbCcDdEeFf"] + [f"mnist/{d}" for d in range(10)]
+             + [f"digits/{d}" for d in range(10)] + [f"fashion_mnist/{c}" for c in "xyz"])
+    split = bank.split_classes_by_group(names, ["fashion_mnist"], 0.3, 2, seed=0)
+    assert split.inter_test == ("fashion_mnist/x", "fashion_mnist/y", "fashion_mnist/z")
+    assert sorted(split.meta_train + split.intra_test) == sorted(names[:-3])
+    train_groups, test_groups = ({split_group(n) for n in part} for part in (split.meta_train, split.intra_test))
+    assert not train_groups & test_groups and 9 <= len(split.intra_test) <= 11
+    assert split == bank.split_classes_by_group(names[::-1], ["fashion_mnist"], 0.3, 2, seed=0)
+    with pytest.raises(ValueError, match="too few"):
+        bank.split_classes_by_group(names[:2], [], 0.5, 1, seed=0)
