@@ -33,19 +33,20 @@ PROVENANCE = {  # source: (domain, packages, licence as the packages' copyright 
     "emoji_sets": ("emoji", ("openmoji", "@twemoji/svg"), "CC-BY-SA-4.0 (OpenMoji), CC-BY-4.0 (Twemoji)")}
 
 _DIGIT_SOURCES = ("digits", "mnist", "glyphs")
+_CONFUSABLE = {"I": "l", "1": "l", "|": "l", "0": "o"}  # typeset alike in many fonts (sans I, l, 1; O and 0)
 
 
 def split_group(class_name: str) -> str:
     """The group a class moves with when classes are split into meta-train and held-out, so near-identical
     classes never straddle the split: a letter with its other case and its accented forms (``A a À á`` ->
-    ``letter:a``); a digit across handwritten and typeset sources (``mnist/3``, ``digits/3``, ``glyphs/U+0033
+    ``letter:a``), ``I l 1 |`` together and ``0`` with ``O o``; a digit across handwritten and typeset sources (``mnist/3``, ``digits/3``, ``glyphs/U+0033
     digit three`` -> ``digit:3``); an icon with its variants (``folder``, ``folder-music`` -> ``icon:folder``);
     an emoji subgroup across emoji sources (``emoji/animal-bird``, ``emoji_sets/animal-bird`` ->
     ``emoji:animal-bird``). Any other class is its own group."""
     source, _, name = class_name.partition("/")
     if source in ("glyphs", "symbols") and name.startswith("U+"):
         char = chr(int(name[2:].split()[0], 16))
-        base = unicodedata.normalize("NFKD", char)[0].casefold()
+        base = _CONFUSABLE.get(char, unicodedata.normalize("NFKD", char)[0].casefold())
         source, name = ("digit", base) if base.isdigit() else ("letter", base) if base.isalpha() else (source, name)
     elif source in _DIGIT_SOURCES and name.isdigit():
         source = "digit"

@@ -51,9 +51,12 @@ FONT_PACKAGES = (
     "fonts-averia-serif-gwf", "fonts-klaudia-berenika", "fonts-dustin")
 _FONT_VARIANT = re.compile(r"thin|light|medium|semi|demi|extra|black|heavy|condensed|narrow|hairline|book|"
                            r"caption|display|slanted|oblique|ui[-.]|mono[a-z]*-bold", re.I)  # near-copies of a face
-LETTERS = ("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789ÀÁÂÃÄÅÆÇÈÉÊËÌÍÎÏÑÒÓÔÕÖØÙÚÛÜÝÞß"
-           "àáâãäåæçèéêëìíîïñòóôõöøùúûüýþÿŁłŒœŠšŽžĐđ" + "".join(map(chr, range(0x391, 0x3AA))).replace("\u03a2", "")
-           + "".join(map(chr, range(0x3B1, 0x3CA))) + "".join(map(chr, range(0x410, 0x450))) + "ЁёЄєІіЇїЎў")
+HOMOGLYPHS = "ΑΒΕΖΗΙΚΜΝΟΡΤΥΧονАВЕКМНОРСТХаеорсухЁёІіЇї"  # Greek/Cyrillic drawn as a Latin letter: not a class
+LETTERS = "".join(c for c in (
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789ÀÁÂÃÄÅÆÇÈÉÊËÌÍÎÏÑÒÓÔÕÖØÙÚÛÜÝÞß"
+    "àáâãäåæçèéêëìíîïñòóôõöøùúûüýþÿŁłŒœŠšŽžĐđ" + "".join(map(chr, range(0x391, 0x3AA))).replace("\u03a2", "")
+    + "".join(map(chr, range(0x3B1, 0x3CA))) + "".join(map(chr, range(0x410, 0x450))) + "ЁёЄєІіЇїЎў")
+    if c not in HOMOGLYPHS)
 SYMBOLS = ("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~¡¢£¤¥¦§¨©«¬®¯°±²³´µ¶·¸¹º»¼½¾¿×÷–—‘’‚“”„†‡•…‰‹›€™"
            "←↑→↓↔↕⇐⇒⇔∀∂∃∅∇∈∉∏∑−∓√∝∞∠∧∨∩∪∫∮∴∼≅≈≠≡≤≥⊂⊃⊆⊇⊕⊗⊥⋅⌀⌂⌘■□▲△▶▼◆◇○●◊★☆☎☐☑☒☺☹☼♀♂♠♣♥♦♩♪♫♭♯✓✗✚✱❤")
 _RENDER_ERRORS = _DECODE_ERRORS + (RecursionError, ArithmeticError, LookupError, TypeError, AttributeError)  # what
@@ -103,7 +106,7 @@ def dedup_bank(source: str, candidates: dict[str, list[tuple[str, Callable[[], I
         if len(images) >= min_per_class:
             kept[name] = images[:per_class]
     if skipped:
-        warnings.warn(f"{source}: skipped {skipped} files that do not render", stacklevel=2)
+        warnings.warn(f"{source}: skipped {skipped} files that do not render", stacklevel=3)
     if not kept:
         raise SourceUnavailable(f"{source}: no class has {min_per_class} distinct images; are its packages installed?")
     names = sorted(kept)
@@ -130,8 +133,9 @@ _SIZE_DIR = re.compile(r"^(\d+)(x\d+)?$|^scalable$|^symbolic$")
 
 
 def icon_candidates(theme_dirs: Iterable[Path]) -> dict[str, list[tuple[str, Callable]]]:
-    """{freedesktop icon name: [(key, render)]}, one candidate per (theme, size folder, name): ``-symbolic``
-    drawings count as their base name; ``@2x`` folders (rescaled copies) and sizes < 16 px are skipped."""
+    """{freedesktop icon name: [(key, render)]}, one candidate per (theme, size folder, file): ``-symbolic``
+    drawings count as their base name; a file linked under several names counts for the name it has, else the
+    first; ``@2x`` folders (rescaled copies) and sizes < 16 px are skipped."""
     out: dict[str, dict[str, tuple[str, Callable]]] = {}
     for theme in theme_dirs:
         for path in sorted(p for ext in ("png", "svg") for p in theme.rglob(f"*.{ext}")):
@@ -144,7 +148,13 @@ def icon_candidates(theme_dirs: Iterable[Path]) -> dict[str, list[tuple[str, Cal
             real = path.resolve()
             key = f"{theme.name}/{sizes[0]}/{name}"
             out.setdefault(name, {}).setdefault(str(real), (key, lambda real=real: _open_image(real)))
-    return {name: list(c.values()) for name, c in out.items()}
+    owner: dict[str, str] = {}  # a file linked under several names (aliases) counts for one: its own, else the first
+    for name in sorted(out):
+        for real in out[name]:
+            if real not in owner or re.sub(r"(-symbolic)?(\.symbolic)?$", "", Path(real).stem) == name:
+                owner[real] = name
+    kept = {name: [c for real, c in files.items() if owner[real] == name] for name, files in out.items()}
+    return {name: c for name, c in kept.items() if c}
 
 
 def load_icons(image_size: int, max_per_class: int | None) -> ClassBank:

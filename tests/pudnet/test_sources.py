@@ -72,14 +72,11 @@ def test_icon_candidates_one_per_theme_size_and_file(tmp_path):
     themes = [_write_theme(tmp_path, "ThemeA", {"folder": 1, "edit-copy": 2}),
               _write_theme(tmp_path, "ThemeB", {"folder": 5})]
     found = icon_candidates(themes)
-    assert sorted(found) == ["alias", "edit-copy", "folder"]
+    assert sorted(found) == ["edit-copy", "folder"]       # alias.png links to folder.png: counted once
     keys = sorted(key for key, _ in found["folder"])   # 8x8 and @2x skipped; -symbolic counts as folder
     assert keys == ["ThemeA/16x16/folder", "ThemeA/16x16/folder", "ThemeA/48x48/folder",
                     "ThemeB/16x16/folder", "ThemeB/16x16/folder", "ThemeB/48x48/folder"]
     assert {render().size for _, render in found["folder"]} == {(16, 16), (48, 48)}
-    assert [key for key, _ in found["alias"]] == ["ThemeA/48x48/alias", "ThemeB/48x48/alias"]
-    bank = dedup_bank("icons", found, 8, min_per_class=3)  # the alias: 2 candidates, dropped unrendered
-    assert "icons/folder" in bank.class_names and "icons/alias" not in bank.class_names
 
 
 def test_load_icons_without_themes_names_the_install(monkeypatch, tmp_path):
@@ -140,6 +137,8 @@ def test_load_emoji_sets_without_npm_names_the_install(monkeypatch, tmp_path):
 @pytest.mark.parametrize("name, group", [
     ("glyphs/U+0041 latin capital letter a", "letter:a"), ("glyphs/U+0061 latin small letter a", "letter:a"),
     ("glyphs/U+00C1 latin capital letter a with acute", "letter:a"), ("glyphs/U+0033 digit three", "digit:3"),
+    ("glyphs/U+0049 latin capital letter i", "letter:l"), ("glyphs/U+0031 digit one", "letter:l"),
+    ("symbols/U+007C vertical line", "letter:l"), ("glyphs/U+0030 digit zero", "letter:o"), ("mnist/0", "digit:0"),
     ("mnist/3", "digit:3"), ("digits/3", "digit:3"), ("symbols/U+0025 percent sign", "symbols:U+0025 percent sign"),
     ("icons/folder-music", "icon:folder"), ("icons/folder", "icon:folder"),
     ("emoji/animal-bird", "emoji:animal-bird"), ("emoji_sets/animal-bird", "emoji:animal-bird"),
