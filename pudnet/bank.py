@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib.metadata
 import json
 import re
 import unicodedata
@@ -78,23 +80,31 @@ def split_classes_by_group(class_names: Sequence[str], heldout_sources: Sequence
     return ClassSplit(tuple(n for n in rest if n not in set(intra)), tuple(sorted(intra)), tuple(inter), seed)
 
 
-def package_version(package: str) -> str | None:
-    """The installed version of a Debian, PyPI or npm package, read from its own metadata; None if absent."""
+@functools.cache
+def _debian_versions() -> dict[str, str]:
+    """{package: version} of the Debian packages installed on this machine (dpkg's status file; {} if none)."""
     status = Path("/var/lib/dpkg/status")
-    if status.exists():
-        match = re.search(rf"^Package: {re.escape(package)}\n(?:[^\n]+\n)*?Version: (\S+)", status.read_text(
-            encoding="utf-8", errors="replace"), re.M)
-        if match and f"Package: {package}\nStatus: install ok installed" in status.read_text(
-                encoding="utf-8", errors="replace"):
-            return match.group(1)
+    if not status.exists():
+        return {}
+    out = {}
+    for stanza in status.read_text(encoding="utf-8", errors="replace").split("\n\n"):
+        fields = dict(re.findall(r"^(Package|Status|Version): (.+)$", stanza, re.M))
+        if fields.get("Status") == "install ok installed" and "Version" in fields:
+            out[fields["Package"]] = fields["Version"]
+    return out
+
+
+def package_version(package: str) -> str | None:
+    """The installed version of a Debian, npm or PyPI package, read from its own metadata; None if absent."""
+    if package in _debian_versions():
+        return _debian_versions()[package]
     try:
         return json.loads((npm_dir(package) / "package.json").read_text())["version"]
     except SourceUnavailable:
         pass
-    from importlib.metadata import PackageNotFoundError, version
     try:
-        return version(package)
-    except PackageNotFoundError:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
         return None
 
 

@@ -51,6 +51,7 @@ FONT_PACKAGES = (
     "fonts-averia-serif-gwf", "fonts-klaudia-berenika", "fonts-dustin")
 _FONT_VARIANT = re.compile(r"thin|light|medium|semi|demi|extra|black|heavy|condensed|narrow|hairline|book|"
                            r"caption|display|slanted|oblique|ui[-.]|mono[a-z]*-bold", re.I)  # near-copies of a face
+_NOT_UNICODE = ("D050000L", "StandardSymbolsPS")  # URW Dingbats/Symbol: ASCII codes drawn as ✉, α, ...
 HOMOGLYPHS = "ΑΒΕΖΗΙΚΜΝΟΡΤΥΧονАВЕКМНОРСТХаеорсухЁёІіЇї"  # Greek/Cyrillic drawn as a Latin letter: not a class
 LETTERS = "".join(c for c in (
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789ÀÁÂÃÄÅÆÇÈÉÊËÌÍÎÏÑÒÓÔÕÖØÙÚÛÜÝÞß"
@@ -213,9 +214,10 @@ def _package_files(package: str, suffixes: tuple[str, ...]) -> list[Path]:
 
 def font_files() -> list[Path]:
     """The regular, bold and italic faces of FONT_PACKAGES' TrueType/OpenType fonts (weights such as Light or
-    Condensed left out as near-copies of a face), sorted by file name. SourceUnavailable if none."""
+    Condensed left out as near-copies of a face, and fonts that map ASCII to other symbols), sorted by file
+    name. SourceUnavailable if none."""
     paths = sorted({p for pkg in FONT_PACKAGES for p in _package_files(pkg, (".ttf", ".otf"))
-                    if not _FONT_VARIANT.search(p.stem)}, key=lambda p: (p.name, str(p)))
+                    if not _FONT_VARIANT.search(p.stem) and p.stem not in _NOT_UNICODE}, key=lambda p: (p.name, str(p)))
     if not paths:
         raise SourceUnavailable(f"no font package installed; run `apt-get install -y {' '.join(FONT_PACKAGES[:4])}`")
     return paths
