@@ -27,7 +27,7 @@ PER_CLASS, MIN_PER_CLASS, SEED = 64, 20, 0  # a task draws <= S+Q+T images per c
 NEAR = 4.0  # mean |pixel difference| at 32 px under which two images of a class are one: a rescaled icon (64 vs
 # 128 px: 4.6 in oxygen, 0 in Papirus) or a font's copy of another's Latin (Noto script fonts); glyph fonts
 # differ by a median 2-4 from their nearest other font, icons' hinted 16/22/48 px drawings by 7-60
-MIN_THEMES = 10  # an icon name must be drawn by this many themes: a shared concept, not one app's logo
+MIN_THEMES = 8  # an icon name must be drawn by this many themes: a shared concept, not one app's logo
 ICON_THEMES = (  # (Debian package, theme folder in usr/share/icons): one artist team's style each
     ("papirus-icon-theme", "Papirus"), ("breeze-icon-theme", "breeze"), ("adwaita-icon-theme", "Adwaita"),
     ("gnome-icon-theme", "gnome"), ("oxygen-icon-theme", "oxygen"), ("tango-icon-theme", "Tango"),
@@ -56,8 +56,9 @@ HOMOGLYPHS = "ΑΒΕΖΗΙΚΜΝΟΡΤΥΧονАВЕКМНОРСТХаеорсу
 LETTERS = "".join(c for c in (
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789ÀÁÂÃÄÅÆÇÈÉÊËÌÍÎÏÑÒÓÔÕÖØÙÚÛÜÝÞß"
     "àáâãäåæçèéêëìíîïñòóôõöøùúûüýþÿŁłŒœŠšŽžĐđ" + "".join(map(chr, range(0x391, 0x3AA))).replace("\u03a2", "")
-    + "".join(map(chr, range(0x3B1, 0x3CA))) + "".join(map(chr, range(0x410, 0x450))) + "ЁёЄєІіЇїЎў")
-    if c not in HOMOGLYPHS)
+    + "".join(map(chr, range(0x3B1, 0x3CA))) + "".join(map(chr, range(0x410, 0x450))) + "ЁёЄєІіЇїЎў"
+    + "".join(c for c in map(chr, range(0x100, 0x180)) if c not in "ıĸŉſŁłŒœŠšŽžĐđ")  # Latin Extended-A
+    + "άέήίόύώЂЉЊЋЏђљњћџҐґ") if c not in HOMOGLYPHS)
 SYMBOLS = ("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~¡¢£¤¥¦§¨©«¬®¯°±²³´µ¶·¸¹º»¼½¾¿×÷–—‘’‚“”„†‡•…‰‹›€™"
            "←↑→↓↔↕⇐⇒⇔∀∂∃∅∇∈∉∏∑−∓√∝∞∠∧∨∩∪∫∮∴∼≅≈≠≡≤≥⊂⊃⊆⊇⊕⊗⊥⋅⌀⌂⌘■□▲△▶▼◆◇○●◊★☆☎☐☑☒☺☹☼♀♂♠♣♥♦♩♪♫♭♯✓✗✚✱❤")
 _RENDER_ERRORS = _DECODE_ERRORS + (RecursionError, ArithmeticError, LookupError, TypeError, AttributeError)  # what
@@ -160,7 +161,7 @@ def icon_candidates(theme_dirs: Iterable[Path]) -> dict[str, list[tuple[str, Cal
 
 def load_icons(image_size: int, max_per_class: int | None) -> ClassBank:
     """Freedesktop icon themes: class = icon name (``folder``, ``edit-copy``) drawn by >= MIN_THEMES themes
-    (577 names when all 17 are installed), instance = one theme's drawing at one size. Themes not installed are
+    of the 17, instance = one theme's drawing at one size. Themes not installed are
     skipped; SourceUnavailable if none is."""
     dirs = []
     for package, folder in ICON_THEMES:
