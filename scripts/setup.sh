@@ -28,6 +28,7 @@ if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
         || echo "setup: apt-get could not install $deb; its source is skipped" >&2
     done
   fi
+  if [ "$BANK" = full ]; then apt-get clean; fi  # the bank's .deb downloads (380 MB) would count twice on disk
 else
   echo "setup: no root apt-get here; optional Debian datasets skipped (see README: Data)" >&2
 fi
