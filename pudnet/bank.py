@@ -150,7 +150,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         n = sum(1 for name in bank.class_names if name.startswith(f"{s}/"))
         images = int(np.isin(bank.labels, [i for i, name in enumerate(bank.class_names)
                                            if name.startswith(f"{s}/")]).sum())
-        print(f"bank: {s}: {n} classes, {images} images; {json.dumps(provenance(s))}")
+        info = provenance(s)
+        versions = info.pop("packages")
+        installed = {p: v for p, v in versions.items() if v}
+        packages = json.dumps(installed) if len(versions) <= 6 else f"{len(installed)} of {len(versions)} packages"
+        print(f"bank: {s}: {n} classes, {images} images; {info['domain']}; {info['licence']}; {packages}")
     for s, why in missing.items():
         print(f"bank: source {s} skipped: {why}")
     domains = {PROVENANCE[s][0] for s in sources}
