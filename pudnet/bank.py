@@ -41,10 +41,11 @@ _CONFUSABLE = {"I": "l", "1": "l", "|": "l", "0": "o"}  # typeset alike in many 
 def split_group(class_name: str) -> str:
     """The group a class moves with when classes are split into meta-train and held-out, so near-identical
     classes never straddle the split: a letter with its other case and its accented forms (``A a À á`` ->
-    ``letter:a``), ``I l 1 |`` together and ``0`` with ``O o``; a digit across handwritten and typeset sources (``mnist/3``, ``digits/3``, ``glyphs/U+0033
-    digit three`` -> ``digit:3``); an icon with its variants (``folder``, ``folder-music`` -> ``icon:folder``);
-    an emoji subgroup across emoji sources (``emoji/animal-bird``, ``emoji_sets/animal-bird`` ->
-    ``emoji:animal-bird``). Any other class is its own group."""
+    ``letter:a``), ``I l 1 |`` together and ``0`` with ``O o``; a digit across handwritten and typeset
+    sources (``mnist/3``, ``digits/3``, ``glyphs/U+0033 digit three`` -> ``digit:3``); an icon with the icons
+    sharing its first name part (``folder``, ``folder-music`` -> ``icon:folder``); an emoji subgroup across
+    emoji sources (``emoji/animal-bird``, ``emoji_sets/animal-bird`` -> ``emoji:animal-bird``). Any other
+    class is its own group."""
     source, _, name = class_name.partition("/")
     if source in ("glyphs", "symbols") and name.startswith("U+"):
         char = chr(int(name[2:].split()[0], 16))

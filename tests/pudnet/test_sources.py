@@ -31,12 +31,12 @@ def test_dedup_bank_keeps_distinct_images_seeded_and_drops_small_classes():
     candidates = {"a": _candidates(range(24)) + _candidates([0, 1, 2]),   # 3 exact copies
                   "b": _candidates(range(24, 48)),
                   "c": _candidates(range(40, 60))}                        # 8 taken by b: 12 left < 20
-    bank = dedup_bank("toy", candidates, 16, per_class=22, min_per_class=20)
-    assert bank.class_names == ("toy/a", "toy/b")
-    assert np.bincount(bank.labels).tolist() == [22, 22] and bank.images.shape[1:] == (16, 16, 3)
-    assert len({image_hash(im) for im in bank.images}) == len(bank.images)
+    made = dedup_bank("toy", candidates, 16, per_class=22, min_per_class=20)
+    assert made.class_names == ("toy/a", "toy/b")
+    assert np.bincount(made.labels).tolist() == [22, 22] and made.images.shape[1:] == (16, 16, 3)
+    assert len({image_hash(im) for im in made.images}) == len(made.images)
     again = dedup_bank("toy", candidates, 16, per_class=22, min_per_class=20)
-    assert np.array_equal(bank.images, again.images)                     # seeded
+    assert np.array_equal(made.images, again.images)                     # seeded
     with pytest.raises(SourceUnavailable, match="toy"):
         dedup_bank("toy", {"c": _candidates(range(5))}, 16)
 
@@ -50,8 +50,8 @@ def test_near_copies_are_dropped_within_a_class_and_exact_ones_across():
         return render
     a = [(f"a{k}", tinted(k, 0)) for k in range(20)] + [(f"a{k}'", tinted(k, 3)) for k in range(5)]
     b = [(f"b{k}", tinted(k, 0)) for k in range(18, 40)]                   # 2 exact copies of a's
-    bank = dedup_bank("toy", {"a": a, "b": b}, 32, min_per_class=1)
-    assert np.bincount(bank.labels).tolist() == [20, 20]
+    made = dedup_bank("toy", {"a": a, "b": b}, 32, min_per_class=1)
+    assert np.bincount(made.labels).tolist() == [20, 20]
     assert image_hash(datasets.to_rgb_array(_shape(3), 32)) != image_hash(datasets.to_rgb_array(_shape(4), 32))
 
 
