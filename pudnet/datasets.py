@@ -227,9 +227,20 @@ def load_emoji(image_size: int, max_per_class: int | None) -> ClassBank:
     return _bank_from_files("emoji", root, files, image_size, max_per_class)
 
 
+def _bank_loader(name: str) -> Callable[[int, int | None], ClassBank]:
+    """The class bank's loader ``pudnet.bank_sources.load_<name>``, imported on use (that module imports this)."""
+    def load(image_size: int, max_per_class: int | None) -> ClassBank:
+        from pudnet import bank_sources
+        return getattr(bank_sources, f"load_{name}")(image_size, max_per_class)
+    return load
+
+
+DEFAULT_SOURCES = ("digits", "mnist", "animal_mnist", "fashion_mnist", "openclipart", "emoji")
+BANK_SOURCES = ("icons", "glyphs", "symbols", "emoji_sets")  # issue 10's class bank: by name, not by default
 SOURCES: dict[str, Callable[[int, int | None], ClassBank]] = {  # loader(image_size, max_per_class)
     "digits": load_digits, "mnist": load_mnist, "animal_mnist": load_animal_mnist,
-    "fashion_mnist": load_fashion_mnist, "openclipart": load_openclipart, "emoji": load_emoji}
+    "fashion_mnist": load_fashion_mnist, "openclipart": load_openclipart, "emoji": load_emoji,
+    **{name: _bank_loader(name) for name in BANK_SOURCES}}
 
 
 def cache_path(cache_dir: str | os.PathLike, source: str, image_size: int, max_per_class: int | None) -> Path:
