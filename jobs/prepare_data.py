@@ -24,8 +24,8 @@ import pyarrow.fs as pafs
 import ray
 
 from jobs.connect import ray_cluster, run_job
-from pudnet.datasets import (CACHE_VERSION, SOURCES, SourceUnavailable, decode_labelled_images, default_cache_dir,
-                             load_class_bank)
+from pudnet.datasets import (CACHE_VERSION, DEFAULT_SOURCES, SOURCES, SourceUnavailable, decode_labelled_images,
+                             default_cache_dir, load_class_bank)
 from pudnet.shards import (Manifest, absolute, bank_fingerprint, commit, filesystem, join, new_parts_dir,
                            pick_test_images, read_manifest, shard_path, shard_table, up_to_date, write_bank,
                            write_table)
@@ -237,7 +237,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test-fraction", type=float, default=0.2, help="folder/embedded: test images per class")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--source", help="class-name prefix (default: the root folder's name; ilsvrc: imagenet)")
-    parser.add_argument("--sources", default=",".join(SOURCES), help="embedded: comma-separated source names")
+    parser.add_argument("--sources", default=",".join(DEFAULT_SOURCES),
+                        help="embedded: comma-separated source names (the class-bank ones too, when installed)")
     parser.add_argument("--val-labels", help="ilsvrc: label file for a flat val/ folder")
     parser.add_argument("--overwrite", action="store_true", help="replace shards made with other settings")
     parser.add_argument("--address", help="Ray cluster (host:port, auto); default RAY_ADDRESS, else a new local one")
