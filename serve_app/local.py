@@ -52,7 +52,9 @@ def deploy(config: dict, wait_s: float = 120, wait: bool = True) -> None:
     while time.monotonic() < deadline:
         apps = serve.status().applications
         states = {name: apps[name].status if name in apps else None for name in names}
-        failed = [f"{n}: {apps[n].message}" for n, s in states.items() if s == ApplicationStatus.DEPLOY_FAILED]
+        failed = [f"{n}: {apps[n].message} " + "; ".join(f"{d}: {status.message}" for d, status in
+                                                         apps[n].deployments.items() if status.message)
+                  for n, s in states.items() if s == ApplicationStatus.DEPLOY_FAILED]
         if failed:
             raise RuntimeError(f"deploy failed: {failed}")
         if all(s == ApplicationStatus.RUNNING for s in states.values()):
