@@ -56,7 +56,7 @@ def meta_train(cfg: PudNetConfig, sampler: SubDatasetSampler, steps: int, use_au
 def foreign_sketch(model: PudNet, other_support: torch.Tensor, other_labels: torch.Tensor, k: int):
     """Make the dataset encoder describe another sub-dataset; BN statistics and prototypes stay this one's."""
     with torch.no_grad():
-        fixed = model.encoder(other_support, other_labels, k)
+        fixed = model.encoder(model.encoder.embed(other_support), other_labels, k)
     model.encoder.forward = lambda *args: fixed
     try:
         yield
