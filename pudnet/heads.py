@@ -50,7 +50,7 @@ def ridge_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int, l
     mu, ybar = x.mean(0), y.mean(0)
     xc, yc = x - mu, y - ybar
     n, f = xc.shape
-    lam = log_lambda.float().exp() * xc.pow(2).sum() / n
+    lam = log_lambda.float().exp() * (xc.pow(2).sum() / n).clamp_min(1e-6)   # > 0 even if all rows are equal
     if n < f:   # Woodbury: X^T (X X^T + lam I_N)^-1 Y, an N x N solve
         w = xc.t() @ torch.linalg.solve(xc @ xc.t() + lam * torch.eye(n, device=x.device), yc)
     else:
@@ -87,7 +87,7 @@ class HeadMoments:
         mu, ybar = self.sum_x / self.n, self.counts / self.n
         sxx = self.xx - self.n * torch.outer(mu, mu)                        # centred X^T X
         sxy = self.xy - self.n * torch.outer(mu, ybar)                      # centred X^T Y
-        lam = log_lambda.double().exp() * sxx.diagonal().sum() / self.n
+        lam = log_lambda.double().exp() * (sxx.diagonal().sum() / self.n).clamp_min(1e-6)
         w = torch.linalg.solve(sxx + lam * torch.eye(len(mu), dtype=sxx.dtype, device=sxx.device), sxy)
         return _ridge_output(w, mu, ybar, scale.double() if torch.is_tensor(scale) else scale, dtype)
 

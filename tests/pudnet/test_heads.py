@@ -72,3 +72,8 @@ def test_spread_sample_is_seeded_stratified_and_capped():
     assert sorted(labels[rows[:6]].tolist()) == [0, 0, 1, 1, 2, 2]     # the first M rows: classes in turn
     capped = labels[rows[rank < 2]]
     assert torch.bincount(capped).tolist() == [2, 2, 2]
+
+
+def test_identical_features_give_a_finite_head():
+    weight, bias = ridge_head(torch.ones(4, 6), torch.tensor([0, 1, 0, 1]), 2, torch.tensor(0.0), 1.0)
+    assert torch.isfinite(weight).all() and torch.allclose(bias, torch.tensor([0.5, 0.5]))

@@ -48,7 +48,7 @@ def test_permuting_support_images_changes_nothing(model):
         assert torch.allclose(a[name].float(), b[name].float(), atol=1e-5), name
 
 
-@pytest.mark.parametrize("head", ["prototype", "generated"])
+@pytest.mark.parametrize("head", ["ridge", "prototype", "generated"])
 def test_permuting_class_labels_permutes_head_rows_only(head):
     torch.manual_seed(0)
     model = PudNet(PudNetConfig(**SMALL, head=head)).eval()
