@@ -29,7 +29,7 @@ class PudNetConfig:
     layer_embedding: int = 32           # size of each target layer's descriptor embedding
     lowrank: int = 8                    # rank of the generated additive kernel term (0 disables it)
     modulation: float = 0.5             # max relative change the generated channel scales apply to a kernel
-    head: str = "prototype"             # classifier head: ridge fit on support features, class prototypes, or
+    head: str = "ridge"                 # classifier head: ridge fit on support features, class prototypes, or
                                         # generated from class embeddings (pudnet.heads)
     sketch_per_class: int = 64          # the dataset encoder reads at most this many support images per class
     stats_images: int = 512             # BatchNorm statistics come from at most this many support images
