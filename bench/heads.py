@@ -105,9 +105,10 @@ def main() -> None:
             rows.append((label, {key: s["pudnet"][0] for key, s in scores.items()}, train_s))
             print(rows[-1], flush=True)
     keys = list(tasks)
+    described = ", ".join(f"{s} K={tasks[(s, n)].num_classes} S={n} test={len(tasks[(s, n)].test_y)}" for s, n in keys)
     lines = [f"Whole-dataset accuracy (%), seed {args.seed}, {args.steps} meta-training steps per variant, "
              f"default convnet target, {platform.machine()} CPU x {torch.get_num_threads()} threads. "
-             f"Tasks: {', '.join(f'{s} K={tasks[(s, n)].num_classes} S={n} test={len(tasks[(s, n)].test_y)}' for s, n in keys)}.",
+             f"Tasks: {described}.",
              "", "| method | " + " | ".join(f"{s} S={n}" for s, n in keys) + " | meta-train s |",
              "|---|" + "---|" * (len(keys) + 1)]
     for label, accs in (("nearest class mean, pixels", base["ncm_pixels"]),
@@ -118,8 +119,9 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
+        command = " ".join(f"--{k} {v}" for k, v in vars(args).items() if k != "out" and v is not None)
         with open(args.out, "w") as f:
-            f.write(f"# Heads\n\n`python bench/heads.py {' '.join(f'--{k} {v}' for k, v in vars(args).items() if k != 'out' and v is not None)}`\n\n{text}")
+            f.write(f"# Heads\n\n`python bench/heads.py {command}`\n\n{text}")
 
 
 if __name__ == "__main__":

@@ -193,8 +193,10 @@ class PudNet(nn.Module):
         sketch_rows = order[rank < self.cfg.sketch_per_class] if rank.max() >= self.cfg.sketch_per_class else None
         n_stats = min(self.cfg.stats_images, chunk)
         stats_rows = order[:n_stats] if len(labels) > n_stats else None
-        embeddings = torch.cat([self.encoder.embed(self._inputs(x, rows)) for rows in _chunks(sketch_rows, len(x), chunk)])
-        class_emb, sketch = self.encoder(embeddings, labels if sketch_rows is None else labels[sketch_rows], num_classes)
+        embeddings = torch.cat([self.encoder.embed(self._inputs(x, rows))
+                                for rows in _chunks(sketch_rows, len(x), chunk)])                 # (n_sketch, d)
+        sketch_labels = labels if sketch_rows is None else labels[sketch_rows]
+        class_emb, sketch = self.encoder(embeddings, sketch_labels, num_classes)
         states = self.ahru(self.embed_layer(self.descriptors), sketch)            # (L, d)
         body = {}
         for layer, h in zip(self.target.spec.body, states):

@@ -69,7 +69,8 @@ class SubDatasetBuilder:
         _, small = trainable_classes(catalog, classes, most_shots + queries)
         if small or len(classes) < most_ways:
             raise ValueError(f"{len(classes)} classes for {most_ways}-way tasks; {len(small)} have < "
-                             f"{most_shots + queries} train images ({small[:5]}): pass classes from trainable_classes()")
+                             f"{most_shots + queries} train images ({small[:5]}): "
+                             "pass classes from trainable_classes()")
         self.ways_range, self.shots_range, self.max_support = (ways, most_ways), (shots, most_shots), max_support
         self.classes, self.seed, self.window_rows = tuple(classes), seed, window_rows
         self.ways, self.shots, self.queries = ways, shots, queries
