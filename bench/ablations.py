@@ -5,11 +5,11 @@
 
 Every variant is meta-trained in-process with the same seed, steps and sub-datasets, then scored on the
 same unseen sub-datasets (the held-out classes and the left-out source of the default split), so the
-differences against the default are paired. Variants: the default (prototype head, task augmentation,
-rank-8 kernel term); the head generated from class embeddings (arXiv 2310.11862's generator, the
+differences against the default are paired. Variants: the default (ridge head, task augmentation,
+rank-8 kernel term); the prototype head (the default before the ridge head); the head generated from class embeddings (arXiv 2310.11862's generator, the
 finding issue 5 asks to measure); no task augmentation; no low-rank kernel term (channel modulation
 only); and the default model given the sketch of a *different* sub-dataset, which shows whether the
-generated weights depend on the dataset beyond the support-set BatchNorm statistics and prototypes.
+generated weights depend on the dataset beyond the support-set BatchNorm statistics and the fitted head.
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from pudnet.meta import Episode, train_step
 SOURCES = ("mnist", "digits", "animal_mnist", "fashion_mnist", "openclipart", "emoji")
 VARIANTS = {  # name -> (PudNetConfig overrides, task augmentation on)
     "default": ({}, True),
+    "prototype head": ({"head": "prototype"}, True),
     "generated head": ({"head": "generated"}, True),
     "no task augmentation": ({}, False),
     "no low-rank kernel term": ({"lowrank": 0}, True),
@@ -54,9 +55,9 @@ def meta_train(cfg: PudNetConfig, sampler: SubDatasetSampler, steps: int, use_au
 
 @contextlib.contextmanager
 def foreign_sketch(model: PudNet, other_support: torch.Tensor, other_labels: torch.Tensor, k: int):
-    """Make the dataset encoder describe another sub-dataset; BN statistics and prototypes stay this one's."""
+    """Make the dataset encoder describe another sub-dataset; BN statistics and the head stay this one's."""
     with torch.no_grad():
-        fixed = model.encoder(other_support, other_labels, k)
+        fixed = model.encoder(model.encoder.embed(other_support), other_labels, k)
     model.encoder.forward = lambda *args: fixed
     try:
         yield

@@ -56,7 +56,8 @@ def make_stream(cfg: dict, roots: list[str], classes: list[str], run_dir: str) -
         fn_constructor_kwargs=dict(roots=roots, classes=classes, ways=cfg["ways"], shots=cfg["shots"],
                                    queries=cfg["queries"], seed=cfg["seed"], window_rows=cfg["window_rows"],
                                    cache_mb=cfg["stream_cache_mb"], augment_p_class=cfg["augment_p_class"],
-                                   augment_shift=cfg["augment_shift"]))
+                                   augment_shift=cfg["augment_shift"], ways_max=cfg["ways_max"],
+                                   shots_max=cfg["shots_max"], max_support=cfg["max_support"]))
 
 
 def digest(model: torch.nn.Module) -> str:

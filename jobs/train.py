@@ -63,6 +63,9 @@ class TrainConfig:
     ways: int = 5                   # K classes per sub-dataset
     shots: int = 10                 # S support images per class
     queries: int = 10               # Q query images per class (the meta-training loss)
+    ways_max: int = 0               # > 0: each step's K is drawn from [ways, ways_max] (pudnet.data.task_shape)
+    shots_max: int = 0              # > 0: each step's S is drawn log-uniform from [shots, shots_max]
+    max_support: int = 1000         # and S is lowered so that K*S stays within this (a step's cost)
     tasks_per_step: int = 1         # sub-datasets per worker per optimiser step (gradient accumulation)
     steps: int = 2000
     lr: float = 1e-3
@@ -96,6 +99,9 @@ class TrainConfig:
 
     def __post_init__(self):
         checks = {"ways": (2 <= self.ways <= self.model.max_classes, f"2..model.max_classes={self.model.max_classes}"),
+                  "ways_max": (self.ways_max == 0 or self.ways <= self.ways_max <= self.model.max_classes,
+                               "0 or ways..model.max_classes"),
+                  "shots_max": (self.shots_max == 0 or self.shots_max >= self.shots, "0 or >= shots"),
                   "lr_schedule": (self.lr_schedule in ("cosine", "constant"), "'cosine' or 'constant'"),
                   "placement_strategy": (self.placement_strategy in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
                                          "PACK, SPREAD, STRICT_PACK, STRICT_SPREAD"),
@@ -107,8 +113,9 @@ class TrainConfig:
                   "lr": (self.lr > 0, "> 0"), "grad_clip": (self.grad_clip > 0, "> 0"),
                   "name": ("/" not in self.name, "no '/'"), "sources": (len(self.sources) > 0, "at least one"),
                   "eval_protocols": (set(self.eval_protocols) <= {"tasks", "whole"}, "tasks and/or whole")}
-        for key in ("shots", "queries", "tasks_per_step", "steps", "log_every", "val_every", "checkpoint_every",
-                    "num_to_keep", "num_workers", "stream_actors", "max_per_class", "eval_images_per_class"):
+        for key in ("shots", "queries", "tasks_per_step", "steps", "log_every", "max_support", "val_every",
+                    "checkpoint_every", "num_to_keep", "num_workers", "stream_actors", "max_per_class",
+                    "eval_images_per_class"):
             checks[key] = (getattr(self, key) >= 1, ">= 1")
         for key in ("weight_decay", "warmup_steps", "window_rows", "val_tasks", "eval_tasks", "max_failures",
                     "min_intra", "fail_at_step", "stream_cache_mb", "augment_shift"):
@@ -167,11 +174,13 @@ def training_data(cfg: TrainConfig) -> tuple[list[str], ClassSplit, list[str]]:
     if catalog.image_size != cfg.model.image_size:
         raise ValueError(f"shards at {roots} are {catalog.image_size} px but model.image_size={cfg.model.image_size}")
     # a source's classes are named by its manifest (a folder source `pets-32px` holds classes `pets/...`)
-    held = {absolute(source_root(s, cfg.data_dir, cfg.model.image_size, cfg.max_per_class)) for s in cfg.heldout_sources}
+    held = {absolute(source_root(s, cfg.data_dir, cfg.model.image_size, cfg.max_per_class))
+            for s in cfg.heldout_sources}
     heldout = [m.source for root, m in zip(catalog.roots, catalog.manifests) if root in held]
     split = class_split(cfg.data_dir, catalog.class_names, heldout, cfg.intra_fraction, cfg.min_intra, cfg.split_seed)
-    classes, small = trainable_classes(catalog, split.meta_train, cfg.shots + cfg.queries)
-    print(f"classes: {len(split.meta_train)} meta-train ({len(small)} with < {cfg.shots + cfg.queries} train images "
+    need = max(cfg.shots, cfg.shots_max) + cfg.queries
+    classes, small = trainable_classes(catalog, split.meta_train, need)
+    print(f"classes: {len(split.meta_train)} meta-train ({len(small)} with < {need} train images "
           f"left out), {len(split.intra_test)} intra-test, {len(split.inter_test)} inter-test", flush=True)
     return roots, split, classes
 

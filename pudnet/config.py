@@ -7,7 +7,7 @@ import typing
 from dataclasses import dataclass, field
 
 ARCHITECTURES = ("convnet", "resnet18")
-HEADS = ("prototype", "generated")
+HEADS = ("ridge", "prototype", "generated")
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,11 @@ class PudNetConfig:
     layer_embedding: int = 32           # size of each target layer's descriptor embedding
     lowrank: int = 8                    # rank of the generated additive kernel term (0 disables it)
     modulation: float = 0.5             # max relative change the generated channel scales apply to a kernel
-    head: str = "prototype"             # classifier head: class prototypes or generated from class embeddings
+    head: str = "ridge"                 # classifier head: ridge fit on support features, class prototypes, or
+                                        # generated from class embeddings (pudnet.heads)
+    sketch_per_class: int = 64          # the dataset encoder reads at most this many support images per class
+    stats_images: int = 512             # BatchNorm statistics come from at most this many support images
+    memory_mb: int = 512                # support images pass through in chunks whose activations fit in this
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
@@ -42,7 +46,7 @@ class PudNetConfig:
             raise ValueError(f"image_size={self.image_size}: expected 8..512")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError(f"mean/std must have 3 entries and std > 0, got {self.mean}, {self.std}")
-        for name in ("encoder_width", "hidden", "layer_embedding"):
+        for name in ("encoder_width", "hidden", "layer_embedding", "sketch_per_class", "stats_images", "memory_mb"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: expected >= 1")
         if self.lowrank < 0:

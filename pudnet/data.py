@@ -66,8 +66,14 @@ class ClassBank:
 
 def to_tensor(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """(N, R, R, 3) uint8 -> (N, 3, R, R) float32 normalised; the one place pixels become inputs."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255)
-    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    return normalize(torch.from_numpy(np.ascontiguousarray(images)), mean, std)
+
+
+def normalize(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """(N, R, R, 3) uint8 tensor -> (N, 3, R, R) float32 normalised, on the pixels' device."""
+    x = pixels.permute(0, 3, 1, 2).float().div_(255)
+    shape = dict(device=x.device)
+    return (x - torch.tensor(mean, **shape).view(1, 3, 1, 1)) / torch.tensor(std, **shape).view(1, 3, 1, 1)
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,19 @@ def split_classes(class_names: Sequence[str], heldout_sources: Sequence[str], in
     intra = [n for i, n in enumerate(rest) if i in picked]
     train = [n for i, n in enumerate(rest) if i not in picked]
     return ClassSplit(tuple(train), tuple(intra), tuple(inter), seed)
+
+
+def task_shape(seed: int, index: int, ways: tuple[int, int], shots: tuple[int, int],
+               max_support: int) -> tuple[int, int]:
+    """(K, S) of task ``index``: K uniform in ``ways``, S log-uniform in ``shots`` (so small and large support
+    sets both come up), then S lowered to keep K*S <= ``max_support`` (a training step's cost), never below
+    shots[0]. Seeded by (seed, index) only."""
+    if not (2 <= ways[0] <= ways[1] and 1 <= shots[0] <= shots[1]):
+        raise ValueError(f"ways={ways}, shots={shots}: expected 2 <= min <= max and 1 <= min <= max")
+    rng = np.random.default_rng([seed, index, 0x5A9E])
+    k = int(rng.integers(ways[0], ways[1] + 1))
+    s = int(round(np.exp(rng.uniform(np.log(shots[0]), np.log(shots[1] + 1))) - 0.5))
+    return k, max(shots[0], min(s, shots[1], max_support // k))
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,10 @@ Our reading of "Learning to Generate Parameters of ConvNets for Unseen Image Dat
    so no generator emits C_out*C_in*k*k numbers (the official code spends 41.6 M generator
    parameters on ResNet-18's 21.9 M weights this way).
 
-BatchNorm statistics and the classifier head come from one pass of the generated body over
-the support set: row k of the head is built from class k's support features (``prototype``),
-or generated from class k's sketch embedding (``generated``).
+BatchNorm statistics come from one pass of the generated body over (a sample of) the support set;
+the classifier head is then fitted to every support image's features in closed form (``ridge``,
+see ``pudnet.heads``), built from class means (``prototype``), or generated from class k's sketch
+embedding (``generated``).
 """
 from __future__ import annotations
 
@@ -26,23 +27,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import PudNetConfig
+from .data import normalize
+from .heads import HeadMoments, class_means, prototype_from_means, prototype_head, ridge_head, spread_sample
 from .targets import KINDS, LayerSpec, TargetRunner
-
-
-def class_means(x: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(N, D) rows and (N,) labels -> (K, D) per-class means, in label order."""
-    onehot = F.one_hot(labels, num_classes).to(x.dtype)                   # (N, K)
-    return onehot.t() @ x / onehot.sum(0).clamp_min(1).unsqueeze(1)
-
-
-def prototype_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                   tau: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Linear layer computing -tau * ||f - p_k||^2 up to a term equal for all classes.
-
-    p_k is the mean of class k's features (N, F); returns weight (K, F) and bias (K,).
-    """
-    protos = class_means(features, labels, num_classes)                       # (K, F)
-    return 2 * tau * protos, -tau * protos.pow(2).sum(1)
 
 
 class DatasetEncoder(nn.Module):
@@ -58,9 +45,14 @@ class DatasetEncoder(nn.Module):
         self.per_image = nn.Sequential(nn.ReLU(), nn.Linear(hidden, hidden))
         self.pool = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.ReLU(), nn.Linear(hidden, hidden))
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (N, 3, H, W), labels (N,) -> class embeddings (K, hidden), sketch (hidden,)."""
-        classes = class_means(self.per_image(self.cnn(x)), labels, num_classes)   # (K, hidden)
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """x (N, 3, H, W) -> per-image embeddings (N, hidden); chunks of images may be embedded apart."""
+        return self.per_image(self.cnn(x))
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor,
+                num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """per-image embeddings (N, hidden), labels (N,) -> class embeddings (K, hidden), sketch (hidden,)."""
+        classes = class_means(embeddings, labels, num_classes)                  # (K, hidden)
         sketch = self.pool(torch.cat([classes.mean(0), classes.std(0, unbiased=False)]))
         return classes, sketch
 
@@ -157,17 +149,38 @@ class PudNet(nn.Module):
             else:
                 raise ValueError(f"{layer.name}: no generator for a {layer.kind} layer "
                                  f"{'with' if layer.has_bias else 'without'} bias inside the body")
-        if cfg.head == "prototype":   # logits = -tau ||f - p_k||^2 (+ a class-independent term), tau learned
+        if cfg.head == "ridge":       # lambda relative to the features' spread, and the logits' scale, learned
+            self.log_lambda = nn.Parameter(torch.tensor(0.0))
+            self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        elif cfg.head == "prototype":  # logits = -tau ||f - p_k||^2 (+ a class-independent term), tau learned
             self.log_tau = nn.Parameter(torch.tensor(math.log(10.0 / spec.feature_dim)))
         else:
             self.head_rows = nn.Sequential(nn.Linear(2 * cfg.hidden, cfg.hidden), nn.ReLU(),
                                            nn.Linear(cfg.hidden, spec.feature_dim + 1))
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, torch.Tensor]:
+    def chunk_images(self, memory_mb: int | None = None) -> int:
+        """How many images one chunk of the support pass holds under ``memory_mb`` (default cfg.memory_mb)."""
+        r = self.cfg.image_size
+        per_image = max(self.target.activation_bytes(r), 16 * self.cfg.encoder_width * r * r)  # encoder: 4x its conv1
+        return max(1, ((memory_mb or self.cfg.memory_mb) << 20) // per_image)
+
+    def _inputs(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Model inputs for ``rows`` of x (all if None); uint8 (N, R, R, 3) pixels are normalised here."""
+        x = x if rows is None else x[rows]
+        return normalize(x, self.cfg.mean, self.cfg.std) if x.dtype == torch.uint8 else x
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor, num_classes: int, *, memory_mb: int | None = None,
+                seed: int = 0) -> dict[str, torch.Tensor]:
         """Generate a K-way target.
 
+        Cost and memory stay linear in N and bounded (issue 12): the dataset encoder reads at most
+        ``cfg.sketch_per_class`` images per class, and the BatchNorm statistics come from one pass over a
+        class-stratified sample of at most ``cfg.stats_images`` images (and at most one chunk); both samples
+        are seeded by ``seed``. The head then reads every image, in chunks whose activations fit in
+        ``memory_mb``; without autograd only the head's F x F moments are kept (``pudnet.heads.HeadMoments``).
+
         Args:
-            x: (N, 3, R, R) normalised support images.
+            x: (N, 3, R, R) normalised support images, or (N, R, R, 3) uint8 pixels (normalised chunk by chunk).
             labels: (N,) int64 in [0, K); every class must have at least one image.
             num_classes: K, 2..cfg.max_classes.
         Returns:
@@ -175,7 +188,15 @@ class PudNet(nn.Module):
         """
         if not 2 <= num_classes <= self.cfg.max_classes:
             raise ValueError(f"num_classes={num_classes}: this model supports 2..{self.cfg.max_classes}")
-        class_emb, sketch = self.encoder(x, labels, num_classes)                  # (K, d), (d,)
+        chunk = self.chunk_images(memory_mb)
+        order, rank = spread_sample(labels, num_classes, seed)
+        sketch_rows = order[rank < self.cfg.sketch_per_class] if rank.max() >= self.cfg.sketch_per_class else None
+        n_stats = min(self.cfg.stats_images, chunk)
+        stats_rows = order[:n_stats] if len(labels) > n_stats else None
+        embeddings = torch.cat([self.encoder.embed(self._inputs(x, rows))
+                                for rows in _chunks(sketch_rows, len(x), chunk)])                 # (n_sketch, d)
+        sketch_labels = labels if sketch_rows is None else labels[sketch_rows]
+        class_emb, sketch = self.encoder(embeddings, sketch_labels, num_classes)
         states = self.ahru(self.embed_layer(self.descriptors), sketch)            # (L, d)
         body = {}
         for layer, h in zip(self.target.spec.body, states):
@@ -184,13 +205,44 @@ class PudNet(nn.Module):
                 body[f"{layer.name}.weight"] = generated
             else:
                 body[f"{layer.name}.weight"], body[f"{layer.name}.bias"] = generated
-        stats, features = self.target.support_pass(body, x)                      # features (N, F)
-        head = self.target.spec.head.name
-        if self.cfg.head == "prototype":
-            weight, bias = prototype_head(features, labels, num_classes, self.log_tau.exp())
-        else:
+        stats, features = self.target.support_pass(body, self._inputs(x, stats_rows))   # features (n_stats, F)
+        weights = {**body, **stats}
+        if self.cfg.head == "generated":
             rows = self.head_rows(torch.cat([class_emb, states[-1].expand_as(class_emb)], 1))
             weight, bias = rows[:, :-1], rows[:, -1]
-        weights = {**body, **stats, f"{head}.weight": weight, f"{head}.bias": bias}
+        else:
+            rest = None if stats_rows is None else order[n_stats:]
+            sample_labels = labels if stats_rows is None else labels[stats_rows]
+            weight, bias = self._fit_head(weights, features, sample_labels, x, labels, rest, num_classes, chunk)
+        head = self.target.spec.head.name
+        weights.update({f"{head}.weight": weight, f"{head}.bias": bias})
         self.target.spec.check(weights, num_classes)
         return weights
+
+    def _fit_head(self, weights: dict[str, torch.Tensor], features: torch.Tensor, sample_labels: torch.Tensor,
+                  x: torch.Tensor, labels: torch.Tensor, rest: torch.Tensor | None, num_classes: int,
+                  chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ridge or prototype head on every support image: ``features`` (with ``sample_labels``) of the
+        statistics sample, plus the features of the ``rest`` rows of x, computed in eval mode in chunks."""
+        if rest is not None and not torch.is_grad_enabled():   # prediction: stream the rest into F x F moments
+            moments = HeadMoments(features.shape[1], num_classes, features.device)
+            moments.add(features, sample_labels)
+            for rows in _chunks(rest, len(x), chunk):
+                moments.add(self.target.features(weights, self._inputs(x, rows)), labels[rows])
+            if self.cfg.head == "ridge":
+                return moments.ridge(self.log_lambda, self.log_scale.exp(), features.dtype)
+            return prototype_from_means(moments.class_means().to(features.dtype), self.log_tau.exp())
+        if rest is not None:
+            features = torch.cat([features] + [self.target.features(weights, self._inputs(x, rows))
+                                               for rows in _chunks(rest, len(x), chunk)])
+            sample_labels = torch.cat([sample_labels, labels[rest]])
+        if self.cfg.head == "ridge":
+            return ridge_head(features, sample_labels, num_classes, self.log_lambda, self.log_scale.exp())
+        return prototype_head(features, sample_labels, num_classes, self.log_tau.exp())
+
+
+def _chunks(rows: torch.Tensor | None, n: int, size: int) -> list[torch.Tensor | slice]:
+    """``rows`` (all n rows if None) cut into pieces of at most ``size``."""
+    if rows is None:
+        return [slice(i, i + size) for i in range(0, n, size)]
+    return list(rows.split(size))

@@ -53,27 +53,32 @@ def self_check_split(labels: np.ndarray, fraction: float, min_per_class: int, se
 @torch.no_grad()
 def predict(model: PudNet, images: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
             self_check_fraction: float = 0.15, min_per_class: int = 5, seed: int = 0,
-            checkpoint_id: str = "") -> Prediction:
+            checkpoint_id: str = "", memory_mb: int | None = None) -> Prediction:
     """Generate K-way target weights from (N, R, R, 3) uint8 images and (N,) labels.
 
     When every class has at least ``min_per_class`` images, ``self_check_fraction`` of each
     class is held out: weights come from the rest and are scored on it, so the caller knows
-    how good the returned weights are. The head's row k is class ``class_names[k]``.
+    how good the returned weights are. The head's row k is class ``class_names[k]``. Images pass
+    through the networks in chunks whose activations fit in ``memory_mb`` (default: the model's
+    ``cfg.memory_mb``); see ``PudNet.forward`` for which images each part reads.
     """
     validate_dataset(model, images, labels, class_names)
     cfg, device = model.cfg, next(model.parameters()).device
     held = self_check_split(labels, self_check_fraction, min_per_class, seed)
     support = ~held if held is not None else np.ones(len(labels), dtype=bool)
     start = time.perf_counter()
-    x = to_tensor(images[support], cfg.mean, cfg.std).to(device)
-    weights = model(x, torch.from_numpy(labels[support]).to(device), len(class_names))
+    pixels = torch.from_numpy(np.ascontiguousarray(images[support])).to(device)   # uint8: normalised per chunk
+    weights = model(pixels, torch.from_numpy(labels[support]).to(device), len(class_names), memory_mb=memory_mb,
+                    seed=seed)
     if torch.accelerator.is_available():  # accelerator kernels are asynchronous: time the work, not the launch
         torch.accelerator.synchronize()
     generate_s = time.perf_counter() - start
     accuracy = None
     if held is not None:
-        logits = model.target(weights, to_tensor(images[held], cfg.mean, cfg.std).to(device))
-        accuracy = float((logits.argmax(1).cpu().numpy() == labels[held]).mean())
+        chunk, rows = model.chunk_images(memory_mb), np.flatnonzero(held)
+        hits = sum(int((model.target(weights, to_tensor(images[r], cfg.mean, cfg.std).to(device)).argmax(1).cpu()
+                        .numpy() == labels[r]).sum()) for r in np.array_split(rows, -(-len(rows) // chunk)))
+        accuracy = hits / len(rows)
     metadata = {
         "architecture": cfg.arch, "target_kwargs": json.dumps(cfg.target_kwargs),
         "class_names": json.dumps(list(class_names)), "num_classes": str(len(class_names)),

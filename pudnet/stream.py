@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from .augment import augment
-from .data import ClassSplit, SubDataset, split_classes
+from .data import ClassSplit, SubDataset, split_classes, task_shape
 from .shards import BlockReader, Catalog, filesystem, join
 
 STREAM_KEYS = ("task", "class_names", "support_x", "support_y", "query_x", "query_y")
@@ -53,16 +53,25 @@ class SubDatasetBuilder:
     Output columns: task (B,), class_names (B,) JSON lists of K names (label order), support_x
     (B, K*S, R, R, 3) uint8, support_y (B, K*S) int64, query_x (B, K*Q, R, R, 3), query_y (B, K*Q).
     Pixels stay uint8 (4x less traffic than float); the consumer normalises on its device.
+
+    With ``ways_max``/``shots_max`` > 0, each call draws its own (K, S) (``pudnet.data.task_shape``: K in
+    [ways, ways_max], S log-uniform in [shots, shots_max], K*S <= ``max_support``) from its first task
+    index, and all its tasks share it: one global step of the training stream is one call, so the DDP
+    workers of a step get equal work, and tasks stack into arrays.
     """
 
     def __init__(self, roots: Sequence[str], classes: Sequence[str], ways: int, shots: int, queries: int, seed: int,
-                 window_rows: int = 0, cache_mb: int = 512, augment_p_class: float = 0.0, augment_shift: int = 0):
+                 window_rows: int = 0, cache_mb: int = 512, augment_p_class: float = 0.0, augment_shift: int = 0,
+                 ways_max: int = 0, shots_max: int = 0, max_support: int = 1000):
         catalog = Catalog(roots)
         catalog.check(classes)
-        _, small = trainable_classes(catalog, classes, shots + queries)
-        if small or len(classes) < ways:
-            raise ValueError(f"{len(classes)} classes for {ways}-way tasks; {len(small)} have < {shots + queries} "
-                             f"train images ({small[:5]}): pass classes from trainable_classes()")
+        most_ways, most_shots = max(ways, ways_max), max(shots, shots_max)
+        _, small = trainable_classes(catalog, classes, most_shots + queries)
+        if small or len(classes) < most_ways:
+            raise ValueError(f"{len(classes)} classes for {most_ways}-way tasks; {len(small)} have < "
+                             f"{most_shots + queries} train images ({small[:5]}): "
+                             "pass classes from trainable_classes()")
+        self.ways_range, self.shots_range, self.max_support = (ways, most_ways), (shots, most_shots), max_support
         self.classes, self.seed, self.window_rows = tuple(classes), seed, window_rows
         self.ways, self.shots, self.queries = ways, shots, queries
         self.augment_p_class, self.augment_shift = augment_p_class, augment_shift
@@ -71,17 +80,19 @@ class SubDatasetBuilder:
         self.reader = BlockReader(catalog.image_size, cache_mb << 20)
         self.no_test = np.zeros((0, catalog.image_size, catalog.image_size, 3), np.uint8)
 
-    def task(self, index: int) -> SubDataset:
-        """Task ``index``, augmented (``pudnet.augment``, seeded by the task too) if asked."""
+    def task(self, index: int, ways: int = 0, shots: int = 0) -> SubDataset:
+        """Task ``index`` (K = ``ways``, S = ``shots``, default the constructor's), augmented (``pudnet.augment``,
+        seeded by the task too) if asked."""
+        ways, shots = ways or self.ways, shots or self.shots
         support, query, names = [], [], []
-        for c, blocks, rows in plan_task(index, self.block_rows, self.ways, self.shots, self.queries, self.seed,
+        for c, blocks, rows in plan_task(index, self.block_rows, ways, shots, self.queries, self.seed,
                                          self.window_rows):
             images = np.concatenate([self.reader.read(self.blocks[c][b]) for b in blocks])[rows]
-            support.append(images[:self.shots])
-            query.append(images[self.shots:])
+            support.append(images[:shots])
+            query.append(images[shots:])
             names.append(self.classes[c])
-        labels = np.arange(self.ways)
-        sub = SubDataset(tuple(names), np.concatenate(support), np.repeat(labels, self.shots), np.concatenate(query),
+        labels = np.arange(ways)
+        sub = SubDataset(tuple(names), np.concatenate(support), np.repeat(labels, shots), np.concatenate(query),
                          np.repeat(labels, self.queries), self.no_test, np.zeros(0, np.int64))
         if self.augment_p_class or self.augment_shift:
             sub = augment(sub, np.random.default_rng([self.seed, index, 1]), self.augment_p_class, self.augment_shift)
@@ -89,7 +100,10 @@ class SubDatasetBuilder:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids = np.ravel(batch["id"])
-        subs = [self.task(int(i)) for i in ids]
+        shape = (0, 0)
+        if self.ways_range[1] > self.ways or self.shots_range[1] > self.shots:
+            shape = task_shape(self.seed, int(ids[0]), self.ways_range, self.shots_range, self.max_support)
+        subs = [self.task(int(i), *shape) for i in ids]
         out = {key: np.stack([getattr(sub, key) for sub in subs]) for key in STREAM_KEYS[2:]}
         return {"task": ids, "class_names": np.array([json.dumps(sub.class_names) for sub in subs], dtype=object), **out}
 

@@ -169,6 +169,8 @@ class TargetRunner:
         self._lock = threading.Lock()
         self._stats: dict | None = None          # armed by support_pass, filled by the hooks
         self._features: torch.Tensor | None = None
+        self._capture = False                    # the head's pre-hook keeps its input while set
+        self._activation_bytes: dict[int, int] = {}
         self._norms = [(name, sub) for name, sub in self.module.named_modules() if isinstance(sub, nn.BatchNorm2d)]
         for name, sub in self._norms:
             sub.register_forward_hook(self._norm_hook(name))
@@ -183,25 +185,66 @@ class TargetRunner:
         return hook
 
     def _head_hook(self, module, inputs):
-        if self._stats is not None:
+        if self._capture:
             self._features = inputs[0]
 
-    def __call__(self, weights: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        """Logits (N, K) in eval mode: BatchNorm uses the running statistics in ``weights``.
-
-        Each norm layer's statistics are folded into its affine parameters (mean 0, variance 1
-        left in the buffers): the same function, but differentiable in the statistics, which
-        eval-mode ``batch_norm`` is not.
-        """
+    def _folded(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each norm layer's statistics folded into its affine parameters (mean 0, variance 1 left in the
+        buffers): the same function, but differentiable in the statistics, which eval-mode ``batch_norm`` is not."""
         folded = dict(weights)
         for name, norm in self._norms:
             mean, var = weights[f"{name}.running_mean"], weights[f"{name}.running_var"]
             scale = weights[f"{name}.weight"] * torch.rsqrt(var + norm.eps) * (1 + norm.eps) ** 0.5
             folded[f"{name}.weight"], folded[f"{name}.bias"] = scale, weights[f"{name}.bias"] - mean * scale
             folded[f"{name}.running_mean"], folded[f"{name}.running_var"] = torch.zeros_like(mean), torch.ones_like(var)
+        return folded
+
+    def __call__(self, weights: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, K) in eval mode: BatchNorm uses the running statistics in ``weights``."""
+        folded = self._folded(weights)
         with self._lock:
             self.module.eval()
             return functional_call(self.module, folded, (x,))
+
+    def _dummy_head(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        head = self.spec.head
+        dummy = {f"{head.name}.weight": x.new_zeros(1, self.spec.feature_dim)}
+        if head.has_bias:
+            dummy[f"{head.name}.bias"] = x.new_zeros(1)
+        return dummy
+
+    def features(self, weights: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """Head-input features (N, F) in eval mode; ``weights`` holds the body and its statistics, no head."""
+        folded = {**self._folded(weights), **self._dummy_head(x)}
+        with self._lock:
+            self._capture = True
+            try:
+                self.module.eval()
+                functional_call(self.module, folded, (x,))
+                return self._features
+            finally:
+                self._capture, self._features = False, None
+
+    def activation_bytes(self, image_size: int) -> int:
+        """Working memory one image needs in a forward pass without autograd: 4x its largest activation
+        (a layer's input and output, BatchNorm's temporaries, a residual branch), in float32."""
+        if image_size not in self._activation_bytes:
+            self._activation_bytes[image_size] = self._largest_activation(image_size) * 4 * 4
+        return self._activation_bytes[image_size]
+
+    def _largest_activation(self, image_size: int) -> int:
+        """Elements of the largest tensor one image produces, from a pass on the meta device (no compute)."""
+        largest = [3 * image_size * image_size]
+        hooks = [m.register_forward_hook(lambda mod, i, out: largest.append(out[0].numel()))
+                 for m in self.module.modules() if not list(m.children())]
+        try:
+            with torch.no_grad(), self._lock:
+                self.module.eval()
+                self.module(torch.empty(1, 3, image_size, image_size, device="meta"))
+        finally:
+            for h in hooks:
+                h.remove()
+        return max(largest)
 
     def support_pass(self, body: dict[str, torch.Tensor], x: torch.Tensor) -> tuple[dict, torch.Tensor]:
         """BatchNorm statistics of ``x`` and head-input features (N, F) under ``body`` weights.
@@ -209,19 +252,16 @@ class TargetRunner:
         Runs in train mode so each norm layer normalises with ``x``'s own statistics,
         differentiably; the returned statistics make eval mode reproduce exactly this pass.
         """
-        head = self.spec.head
-        dummy = {f"{head.name}.weight": x.new_zeros(1, self.spec.feature_dim)}
-        if head.has_bias:
-            dummy[f"{head.name}.bias"] = x.new_zeros(1)
+        dummy = self._dummy_head(x)
         buffers = {name: torch.zeros(shape, dtype=dtype, device=x.device) for name, shape, dtype in self.spec.buffers}
         with self._lock:
-            self._stats = {}
+            self._stats, self._capture = {}, True
             try:
                 self.module.train()
                 functional_call(self.module, {**body, **buffers, **dummy}, (x,))
                 stats, features = self._stats, self._features
             finally:
-                self._stats, self._features = None, None
+                self._stats, self._features, self._capture = None, None, False
         stats.update({name: torch.ones((), dtype=dtype, device=x.device)
                       for name, _, dtype in self.spec.buffers if name.endswith("num_batches_tracked")})
         return stats, features

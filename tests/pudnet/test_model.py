@@ -48,7 +48,7 @@ def test_permuting_support_images_changes_nothing(model):
         assert torch.allclose(a[name].float(), b[name].float(), atol=1e-5), name
 
 
-@pytest.mark.parametrize("head", ["prototype", "generated"])
+@pytest.mark.parametrize("head", ["ridge", "prototype", "generated"])
 def test_permuting_class_labels_permutes_head_rows_only(head):
     torch.manual_seed(0)
     model = PudNet(PudNetConfig(**SMALL, head=head)).eval()
@@ -101,3 +101,72 @@ def test_gradients_reach_every_hypernetwork_parameter():
                 p -= 0.01 * p.grad if p.grad is not None else 0
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert missing == []
+
+
+@pytest.mark.parametrize("k", [2, 7, 40])
+def test_ridge_head_resnet18_loads_into_torchvision_for_many_k(k):
+    torch.manual_seed(0)
+    model = PudNet(PudNetConfig(arch="resnet18", target_kwargs={}, encoder_width=8, hidden=16, layer_embedding=8,
+                                max_classes=1000, head="ridge")).eval()
+    x, y = support(k, per_class=2, size=16)
+    with torch.no_grad():
+        weights = model(x, y, k)
+    net = torchvision.models.resnet18(num_classes=k)
+    net.load_state_dict(weights)                            # strict
+    with torch.no_grad():
+        assert torch.allclose(net.eval()(x), model.target(weights, x), atol=1e-3)
+
+
+def test_ridge_head_gets_gradients_and_fits_its_support_set():
+    torch.manual_seed(0)
+    model = PudNet(PudNetConfig(**SMALL, head="ridge")).train()
+    x, y = support(4, per_class=3)                         # N = 12 < F = 16: the Woodbury branch
+    weights = model(x, y, 4)
+    logits = model.target(weights, x)
+    torch.nn.functional.cross_entropy(logits, y).backward()
+    assert model.log_lambda.grad.abs() > 0 and model.log_scale.grad.abs() > 0
+    with torch.no_grad():
+        model.log_lambda.fill_(-8.0)                       # nearly no penalty: the fit interpolates
+        assert (model.target(model(x, y, 4), x).argmax(1) == y).all()
+
+
+def counting(module, seen):
+    """Record how many images each call of ``module`` receives."""
+    return module.register_forward_pre_hook(lambda m, inputs: seen.append(len(inputs[0])))
+
+
+@pytest.mark.parametrize("head", ["ridge", "prototype"])
+def test_sketch_and_statistics_read_a_capped_seeded_sample_and_the_head_reads_everything(head):
+    torch.manual_seed(0)
+    model = PudNet(PudNetConfig(**SMALL, head=head, sketch_per_class=4, stats_images=8)).eval()
+    assert model.chunk_images(4) == 16
+    encoded, normed = [], []
+    counting(model.encoder.cnn, encoded)
+    counting(model.target.module.get_submodule("features.block1.norm"), normed)
+    outputs = []
+    for per_class in (10, 40):                             # the sample's cost does not grow with N
+        x, y = support(3, per_class=per_class)
+        encoded.clear(), normed.clear()
+        with torch.no_grad():
+            outputs.append(model(x, y, 3, memory_mb=4))   # chunks of 16
+        assert sum(encoded) == 12 and normed[0] == 8 and sum(normed) == 3 * per_class
+        with torch.no_grad():
+            again = model(x, y, 3, memory_mb=4)
+        assert all(torch.equal(again[k], outputs[-1][k]) for k in again)       # seeded
+        with torch.no_grad():
+            other = model(x, y, 3, memory_mb=4, seed=1)
+        assert not torch.equal(other["features.block1.norm.running_mean"],
+                               outputs[-1]["features.block1.norm.running_mean"])
+
+
+def test_streamed_head_equals_the_differentiable_one_and_pixels_equal_normalised_input():
+    torch.manual_seed(0)
+    model = PudNet(PudNetConfig(**SMALL, head="ridge", stats_images=16)).eval()
+    pixels = torch.randint(0, 256, (60, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(60) % 5
+    x = (pixels.permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5
+    with torch.no_grad():
+        streamed = model(pixels, y, 5, memory_mb=4)        # HeadMoments over chunks of 16
+    exact = model(x, y, 5, memory_mb=4)                     # autograd on: features concatenated, ridge_head
+    for name in exact:
+        assert torch.allclose(streamed[name], exact[name].detach(), atol=1e-4, rtol=1e-4), name

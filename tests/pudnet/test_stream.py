@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -108,3 +110,18 @@ def test_augmented_tasks_rename_transformed_classes_and_stay_reproducible(shards
         assert {name.split("@")[0] for name in sub.class_names} <= {"a/0", "a/1", "a/2"}
     again = subdatasets(builder({"id": np.array([2])}))[0]
     assert again.class_names == subs[2].class_names and np.array_equal(again.query_x, subs[2].query_x)
+
+
+def test_builder_varies_k_and_s_per_call_within_the_ranges_and_the_support_cap(shards):
+    classes = [f"a/{i}" for i in range(6)]
+    builder = SubDatasetBuilder(shards, classes, ways=2, shots=1, queries=2, seed=0, ways_max=6, shots_max=20,
+                                max_support=40)
+    shapes = set()
+    for step in range(12):
+        out = builder({"id": np.arange(3 * step, 3 * step + 3)})             # one global step: 3 tasks
+        k = len(json.loads(out["class_names"][0]))
+        s = out["support_y"].shape[1] // k
+        assert 2 <= k <= 6 and 1 <= s <= 20 and k * s <= 40 and out["query_y"].shape == (3, 2 * k)
+        assert np.array_equal(builder({"id": np.arange(3 * step, 3 * step + 3)})["support_x"], out["support_x"])
+        shapes.add((k, s))
+    assert len(shapes) > 6
