@@ -17,6 +17,7 @@ import torchvision
 from PIL import Image
 from safetensors.torch import load
 
+from pudnet.checkpoint import newest
 from serve_app import local
 
 pytestmark = pytest.mark.integration
@@ -79,13 +80,12 @@ def test_the_recipe_trains_and_evaluates_both_settings_from_the_checkpoint_alone
     assert "classes: 3 meta-train" in stdout and "5 intra-test, 4 inter-test" in stdout   # pets left out whole
     assert "**intra-dataset: held-out classes of imagenet**" in stdout
     assert "**inter-dataset: left-out sources of pets**" in stdout
-    metadata = json.loads(next(run_dir.glob("checkpoint_*")).joinpath("state.json").read_text())
-    assert metadata["step"] == 2
+    assert json.loads(newest(run_dir).joinpath("state.json").read_text())["step"] == 2
 
 
 def test_a_served_prediction_of_the_recipe_loads_into_torchvision(trained):
     run_dir, _ = trained
-    checkpoint = sorted(run_dir.glob("checkpoint_*"))[-1]
+    checkpoint = newest(run_dir)
     url = local.start(num_cpus=2)
     try:
         local.deploy(local.read_config(checkpoints={"resnet18": str(checkpoint)}))
