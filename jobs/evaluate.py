@@ -24,7 +24,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -34,7 +33,7 @@ from pudnet.config import apply_overrides, from_dict
 from pudnet.data import ClassSplit, SubDatasetSampler, split_classes
 from pudnet.evaluate import ALL_METHODS, TASK_METHODS, Evaluator, SGDSettings, evaluate_tasks, markdown_table
 from pudnet.shards import Catalog, filesystem, join, read_class_bank
-from pudnet.whole import WHOLE_METHODS, evaluate_whole, whole_markdown
+from pudnet.whole import WHOLE_METHODS, evaluate_whole, whole_markdown, whole_tasks
 
 OUTPUTS = {"markdown": "eval.md", "json": "eval.json", "plot": "eval.png", "curves": "training_curves.png"}
 
@@ -151,27 +150,12 @@ def tasks_protocol(cfg: EvalConfig, record: RunRecord, catalog: Catalog, evaluat
     return out
 
 
-def whole_tasks(cfg: EvalConfig, record: RunRecord, catalog: Catalog) -> dict[str, list[str]]:
-    """{task name: classes}: seeded held-out classes (intra) and each left-out source (inter)."""
-    most = max(record.model.cfg.max_classes, 2)
-    needed = max([s for s in cfg.whole.shots if s] + [2])
-    rng = np.random.default_rng(cfg.seed)
-    usable = lambda c, n: catalog.count(c, "train") >= n and catalog.count(c, "test") >= 1
-    intra = [c for c in record.split.intra_test if c in catalog.class_names and usable(c, needed)]
-    tasks = {"intra": sorted(rng.choice(intra, min(cfg.whole.classes, most, len(intra)), replace=False).tolist())}
-    inter = set(record.split.inter_test)
-    for manifest in catalog.manifests:
-        classes = [c for c in manifest.classes if c in inter and usable(c, 2)]
-        if classes:
-            tasks[f"inter: {manifest.source}"] = sorted(rng.choice(classes, min(most, len(classes)),
-                                                                   replace=False).tolist())
-    return {name: classes for name, classes in tasks.items() if len(classes) >= 2}
-
-
 def whole_protocol(cfg: EvalConfig, record: RunRecord, catalog: Catalog) -> dict:
     evaluator = Evaluator(record.model, cfg.whole.sgd, cfg.seed, cfg.max_stats_images)
     out = {}
-    for name, classes in whole_tasks(cfg, record, catalog).items():
+    tasks = whole_tasks(record.split, catalog, cfg.whole.shots, cfg.whole.classes, record.model.cfg.max_classes,
+                        cfg.seed)
+    for name, classes in tasks.items():
         train, test = (read_class_bank(record.roots, classes, part, cfg.whole.max_per_class or None)
                        for part in ("train", "test"))
         shots = evaluate_whole(evaluator, train, test, cfg.whole.shots, cfg.whole.methods, cfg.whole.val_fraction,

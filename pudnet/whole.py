@@ -11,8 +11,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .data import ClassBank, SubDataset
+from .data import ClassBank, ClassSplit, SubDataset
 from .evaluate import METHOD_LABELS, Evaluator, evaluate_tasks
+from .shards import Catalog
 
 WHOLE_METHODS = ("ncm_pixels", "random_prototype", "linear_probe", "pudnet", "pudnet_ft1epoch", "sgd_1epoch",
                  "sgd_converged")
@@ -20,6 +21,25 @@ WHOLE_METHODS = ("ncm_pixels", "random_prototype", "linear_probe", "pudnet", "pu
 
 def shots_label(shots: int) -> str:
     return str(shots) if shots else "all"
+
+
+def whole_tasks(split: ClassSplit, catalog: Catalog, shots: tuple[int, ...], intra_classes: int, max_classes: int,
+                seed: int) -> dict[str, list[str]]:
+    """{task name: classes}: ``intra_classes`` seeded held-out classes with at least the largest finite S
+    train images ("intra"), and every left-out class of each shard directory ("inter: <its source>"),
+    named by the directory's manifest, never by class-name prefixes. At most ``max_classes`` per task."""
+    needed = max([s for s in shots if s] + [2])
+    rng = np.random.default_rng(seed)
+    usable = lambda c, n: catalog.count(c, "train") >= n and catalog.count(c, "test") >= 1
+    known = set(catalog.class_names)
+    intra = [c for c in split.intra_test if c in known and usable(c, needed)]
+    tasks = {"intra": sorted(rng.choice(intra, min(intra_classes, max_classes, len(intra)), replace=False).tolist())}
+    inter = set(split.inter_test)
+    for manifest in catalog.manifests:
+        classes = [c for c in manifest.classes if c in inter and usable(c, 2)]
+        tasks[f"inter: {manifest.source}"] = sorted(rng.choice(classes, min(max_classes, len(classes)),
+                                                               replace=False).tolist())
+    return {name: classes for name, classes in tasks.items() if len(classes) >= 2}
 
 
 def whole_task(train: ClassBank, test: ClassBank, shots: int, val_fraction: float,

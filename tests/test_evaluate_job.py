@@ -1,6 +1,7 @@
 """jobs/evaluate.py: reads a run's record from its checkpoint, writes Markdown, JSON and PNGs, never leaves Ray up."""
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import ray
 import torch
 
 from jobs import evaluate
-from jobs.train import TrainConfig
+from jobs.train import TrainConfig, load_config
 from pudnet import PudNet, PudNetConfig, checkpoint
 from pudnet.data import ClassBank, split_classes
 from pudnet.shards import write_bank
@@ -71,11 +72,24 @@ def test_checkpoint_dir_weights_file_and_key_value_all_name_the_same_checkpoint(
     assert not ray.is_initialized()
 
 
+@pytest.mark.parametrize("config", sorted(Path(__file__).parents[1].glob("cluster/configs/**/*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_config_is_read_back_from_the_record_with_its_shard_roots(config, fake_run, tmp_path):
+    cfg = load_config(str(config))
+    loaded = checkpoint.load(fake_run / "checkpoint_2026-01-01_00-00-00")
+    roots = json.loads(loaded.metadata["shard_roots"])
+    checkpoint.save(tmp_path, loaded.model, loaded.split, extra={
+        "train_config": json.dumps(dataclasses.asdict(cfg)), "shard_roots": json.dumps(roots)})
+    got = evaluate.load(evaluate.EvalConfig(checkpoint=str(tmp_path)), smoke=False)
+    assert got.train_config == dataclasses.asdict(cfg) and got.roots == roots     # no source name guessed
+    assert not ray.is_initialized()
+
+
 def test_a_checkpoint_without_a_run_record_is_refused_with_the_reason(tmp_path):
     checkpoint.save(tmp_path / "bare", PudNet(TINY), split_classes([f"a/{i}" for i in range(6)], [], 0.5, 2, 0))
     with pytest.raises(ValueError, match="neither shard_roots nor train_config"):
         evaluate.main([str(tmp_path / "bare")])
-    with pytest.raises(FileNotFoundError, match="nor a run directory"):
+    with pytest.raises(FileNotFoundError, match="no PudNet checkpoint at .* or a run directory with checkpoint_"):
         evaluate.main([str(tmp_path)])
 
 

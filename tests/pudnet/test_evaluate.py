@@ -6,7 +6,7 @@ from pudnet import PudNet, PudNetConfig, plots
 from pudnet.data import ClassBank
 from pudnet.evaluate import (Evaluator, Point, SGDSettings, TaskResult, markdown_table, ridge_head, summarize,
                              time_to_equal_accuracy)
-from pudnet.whole import WHOLE_METHODS, evaluate_whole, whole_markdown, whole_task
+from pudnet.whole import WHOLE_METHODS, evaluate_whole, whole_markdown, whole_task, whole_tasks
 
 
 def result(pudnet_acc, curve):
@@ -96,3 +96,20 @@ def test_training_curves_skip_event_records_and_refuse_an_empty_log():
     assert png[:4] == b"\x89PNG" and len(png) > 10_000
     with pytest.raises(ValueError, match="no metric records"):
         plots.training_curves([{"event": "start", "step": 0}])
+
+
+def test_whole_tasks_pick_classes_with_enough_images_and_name_inter_tasks_by_their_shard_manifest(tmp_path):
+    from pudnet.data import ClassSplit
+    from pudnet.shards import Catalog, write_bank
+
+    def shard(root, source, names, per_class):
+        labels = np.repeat(np.arange(len(names)), per_class)
+        write_bank(ClassBank(np.zeros((len(labels), 8, 8, 3), np.uint8), labels, names), str(tmp_path / root),
+                   source, {}, test_fraction=0.25)
+    shard("a", "a", tuple(f"a/{i}" for i in range(6)), [8, 8, 8, 40, 40, 40])
+    shard("b", "renamed", tuple(f"b/{i}" for i in range(7)), 8)
+    split = ClassSplit(("a/0",), tuple(f"a/{i}" for i in range(1, 6)), tuple(f"b/{i}" for i in range(7)), 0)
+    tasks = whole_tasks(split, Catalog([str(tmp_path / "a"), str(tmp_path / "b")]), (10, 0), 10, 5, seed=0)
+    assert tasks["intra"] == ["a/3", "a/4", "a/5"]            # 30 train images each; a/1, a/2 have 6 (< S=10)
+    assert list(tasks) == ["intra", "inter: renamed"] and len(tasks["inter: renamed"]) == 5   # max_classes
+    assert tasks == whole_tasks(split, Catalog([str(tmp_path / "a"), str(tmp_path / "b")]), (10, 0), 10, 5, seed=0)
