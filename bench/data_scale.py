@@ -13,6 +13,7 @@ of that cluster. Appends Markdown to ``--out``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -95,6 +96,7 @@ def measure(classes: int, per_class: int, tasks: int, image_size: int) -> dict:
 
     from jobs import _ray_utils
     from jobs.prepare_data import list_ilsvrc, prepare_listing
+    from jobs.train import TrainConfig
     from pudnet.shards import Catalog
     from pudnet.stream import subdatasets
 
@@ -112,9 +114,9 @@ def measure(classes: int, per_class: int, tasks: int, image_size: int) -> dict:
             prepare_listing(listing, out, "imagenet", image_size, {"kind": "bench"})
             prepare_s = time.perf_counter() - start
             names = list(Catalog(out).class_names)
-            cfg = {"tasks_per_step": 1, "num_workers": 1, "steps": tasks, "stream_actors": 1, "stream_cpus": 1,
-                   "ways": 5, "shots": 10, "queries": 10, "seed": 0, "window_rows": 0, "stream_cache_mb": 256,
-                   "augment_p_class": 0.0, "augment_shift": 0}
+            cfg = dataclasses.asdict(TrainConfig(tasks_per_step=1, num_workers=1, steps=tasks, stream_actors=1,
+                                                 stream_cpus=1, ways=5, shots=10, queries=10, seed=0, window_rows=0,
+                                                 stream_cache_mb=256, augment_p_class=0.0, augment_shift=0))
             stream = _ray_utils.make_stream(cfg, [out], names, str(Path(tmp, "no-run")))
             made, start = 0, None
             for batch in stream.iter_batches(batch_size=1, batch_format="numpy"):
