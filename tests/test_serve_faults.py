@@ -74,7 +74,7 @@ def test_healthz_answers_during_start_up(server):
     assert all(seconds < 8 for status, _, seconds in answers if status == 404), answers
 
 
-def test_sigkill_under_load_gives_503s_and_a_retry_succeeds(server, tmp_path, capsys):
+def test_sigkill_under_load_gives_503s_and_a_retry_succeeds(server, tmp_path, capsys, monkeypatch):
     """Bounded load: CLIENTS looping clients plus one `pudnet predict`, all in flight on the one replica (its
     max_ongoing_requests) when it is SIGKILLed."""
     deadline = time.monotonic() + 120  # ready (run alone, the start-up test has not waited for it)
@@ -95,13 +95,21 @@ def test_sigkill_under_load_gives_503s_and_a_retry_succeeds(server, tmp_path, ca
         ["predict", "--endpoint", server.url, "--data", str(tmp_path / "data.npz"), "--out", str(out),
          "--retries", "6"])))
     clients = [threading.Thread(target=client) for _ in range(CLIENTS)]
+    sent, real_post = threading.Event(), requests.post
+
+    def post(*args, **kwargs):   # marks the moment `pudnet predict` starts its upload
+        if threading.current_thread() is cli:
+            sent.set()
+        return real_post(*args, **kwargs)
+    monkeypatch.setattr(requests, "post", post)
     for c in clients:
         c.start()
     try:
         time.sleep(3)
         pid = replica_pid(server.url)
         cli.start()
-        time.sleep(0.5)  # its request is on the replica, computing or next in line
+        assert sent.wait(60), "pudnet predict never sent its request"
+        time.sleep(1.0)  # its upload (7 MB on loopback) is done: the request is on the replica, computing or next
         killed_at = time.monotonic()
         os.kill(pid, signal.SIGKILL)
         health = []
