@@ -109,7 +109,7 @@ def test_sigkill_under_load_gives_503s_and_a_retry_succeeds(server, tmp_path, ca
         pid = replica_pid(server.url)
         cli.start()
         assert sent.wait(60), "pudnet predict never sent its request"
-        time.sleep(1.0)  # its upload (7 MB on loopback) is done: the request is on the replica, computing or next
+        time.sleep(1.0)  # its upload (7 MB on loopback) is done: on the replica, or queued for it
         killed_at = time.monotonic()
         os.kill(pid, signal.SIGKILL)
         health = []
@@ -132,4 +132,8 @@ def test_sigkill_under_load_gives_503s_and_a_retry_succeeds(server, tmp_path, ca
     assert any(t > killed_at and status == 200 for t, status, _, _ in results), "no request served after the kill"
     assert all((status, state) in ((200, "ok"), (503, "starting")) and seconds < 5 for status, state, seconds in health)
     assert cli_rc == [0] and out.stat().st_size > 0, err
-    assert "server unavailable (503): replica_unavailable" in err and "retry 1/6" in err, err
+    # Its request was on the killed replica (a 503, then a retry) or still queued for the replacement (served on
+    # the first try): which one depends on timing. Every 503 it saw was retried; retries themselves are
+    # tested deterministically in tests/pudnet/test_cli.py.
+    assert err.count("server unavailable (503): replica_unavailable") == err.count("pudnet: ") == \
+        err.count("; retry "), err
