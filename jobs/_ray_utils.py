@@ -20,13 +20,14 @@ import torch.distributed as dist
 from ray.util.metrics import Counter, Gauge
 
 from jobs import progress
+from jobs.progress import METRICS_FILE
 from pudnet import checkpoint
 from pudnet.data import ClassSplit
 from pudnet.model import PudNet
 from pudnet.shards import filesystem, join
 from pudnet.stream import SubDatasetBuilder
 
-OPTIMIZER_FILE, METRICS_FILE = "optimizer.pt", "metrics.jsonl"
+OPTIMIZER_FILE = "optimizer.pt"
 
 
 def resumed_step(run_dir: str) -> int:

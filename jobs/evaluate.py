@@ -28,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from jobs.prepare_data import default_data_dir, prepare_sources
+from jobs.progress import METRICS_FILE, read_records
 from pudnet import PudNet, PudNetConfig, checkpoint, plots
 from pudnet.config import apply_overrides, from_dict
 from pudnet.data import ClassSplit, SubDatasetSampler, split_classes
@@ -200,9 +201,10 @@ def write(path: str, data: bytes) -> str:
 
 def training_curves(run_dir: str) -> str:
     """Draw ``run_dir/metrics.jsonl`` (written by jobs/train.py) into ``run_dir/training_curves.png``."""
-    fs, inner = filesystem(join(run_dir, "metrics.jsonl"))
-    with fs.open_input_stream(inner) as f:
-        records = [json.loads(line) for line in f.read().decode().splitlines() if line.strip()]
+    path = join(run_dir, METRICS_FILE)
+    records = read_records(path)
+    if not records:
+        raise FileNotFoundError(f"no training records in {path}: is {run_dir} a run directory of jobs/train.py?")
     return write(join(run_dir, OUTPUTS["curves"]), plots.training_curves(records))
 
 

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from pudnet.shards import filesystem
 
+METRICS_FILE = "metrics.jsonl"   # in a run directory: one JSON record per line, written by rank 0
 SHOWN = ("loss", "query_accuracy", "val_accuracy", "lr", "tasks_per_s", "images_per_s", "data_wait_fraction",
          "gpu_memory_gb", "elapsed_s")
 SHORT = {"loss": "loss", "query_accuracy": "acc", "val_accuracy": "val", "tasks_per_s": "tasks/s"}
