@@ -23,11 +23,11 @@ import numpy as np
 import torch
 
 from pudnet import PudNet, PudNetConfig
-from pudnet.augment import augment
-from pudnet.data import SubDatasetSampler, split_classes
-from pudnet.datasets import load_class_bank
-from pudnet.evaluate import Evaluator
-from pudnet.meta import Episode, train_step
+from pudnet.data.augment import augment
+from pudnet.data.tasks import SubDatasetSampler, split_classes
+from pudnet.data.sources import load_class_bank
+from pudnet.evaluation.episodes import Evaluator
+from pudnet.model.meta import Episode, train_step
 
 SOURCES = ("mnist", "digits", "animal_mnist", "fashion_mnist", "openclipart", "emoji")
 VARIANTS = {  # name -> (PudNetConfig overrides, task augmentation on)

@@ -1,7 +1,7 @@
 """Bounded load test of PudNet serving: p50/p99 latency and predictions/s at 1, 4 and 16 concurrent clients.
 
     python bench/bench_serve.py --out bench/results_serve_cpu.md          # HTTP to Serve on a private loopback cluster
-    python bench/bench_serve.py --no-serve --out bench/results_gpu.md     # pudnet.predict.predict only; no Ray needed
+    python bench/bench_serve.py --no-serve --out bench/results_gpu.md     # pudnet.model.predict.predict only; no Ray needed
     python bench/bench_serve.py --levels 1 --requests 12 --dtype bfloat16   # a lean response: bytes and p50
 
 Each level sends ``--requests`` requests or stops after ``--duration`` s, whichever comes first. A request is
@@ -28,8 +28,10 @@ import numpy as np
 import requests
 import torch
 
-from pudnet import PudNet, PudNetConfig, checkpoint
-from pudnet.predict import predict
+from pudnet import PudNet, PudNetConfig
+
+from pudnet.model import checkpoint
+from pudnet.model.predict import predict
 
 
 def run_level(call, clients: int, max_requests: int, max_seconds: float) -> dict:
@@ -146,7 +148,7 @@ def report(args, results: list[dict], notes: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--no-serve", action="store_true", help="time pudnet.predict.predict in-process")
+    parser.add_argument("--no-serve", action="store_true", help="time pudnet.model.predict.predict in-process")
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--checkpoint", type=Path, help="PudNet checkpoint (default: untrained, same cost)")
     parser.add_argument("--classes", type=int, default=10)

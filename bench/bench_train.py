@@ -26,11 +26,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # a checkout that is not pip-installed
 from pudnet import PudNet, PudNetConfig                         # noqa: E402
-from pudnet.config import from_dict                             # noqa: E402
-from pudnet.datasets import SourceUnavailable, load_class_bank  # noqa: E402
-from pudnet.meta import Episode, train_step                     # noqa: E402
-from pudnet.shards import Catalog, write_bank                   # noqa: E402
-from pudnet.stream import SubDatasetBuilder, subdatasets, trainable_classes  # noqa: E402
+from pudnet.model.config import from_dict                             # noqa: E402
+from pudnet.data.sources import SourceUnavailable, load_class_bank  # noqa: E402
+from pudnet.model.meta import Episode, train_step                     # noqa: E402
+from pudnet.data.shards import Catalog, write_bank                   # noqa: E402
+from pudnet.data.stream import SubDatasetBuilder, subdatasets, trainable_classes  # noqa: E402
 
 TITLE = ("# Meta-training input pipeline: bench/bench_train.py\n\nSub-datasets (5-way, 10 support + 10 query "
          "images each) per second, made by the stream vs consumed by training, and the share of step time a "

@@ -6,12 +6,12 @@
 
 Imports torch, torchvision, numpy and safetensors only (no Ray), so it runs on a bare GPU machine. Timed
 on the first accelerator if there is one, else the CPU; an untrained PudNet with the ridge head (the
-cost does not depend on training). "predict" is ``pudnet.predict.predict`` on K classes x S images
+cost does not depend on training). "predict" is ``pudnet.model.predict.predict`` on K classes x S images
 (no self-check hold-out) under the default memory ceiling: the encoder reads at most
 ``sketch_per_class`` images per class, BatchNorm statistics at most ``stats_images``, the head all N.
 "Adam step" is one ``torch.optim.Adam`` step of the same target (torchvision module) on a batch of
 ``--batch`` images; its per-image cost is step time / batch. "meta step" is one PudNet meta-training
-step (``pudnet.meta.train_step``, K=10, S=Q=10) under bf16 autocast on an accelerator, fp32 on the CPU.
+step (``pudnet.model.meta.train_step``, K=10, S=Q=10) under bf16 autocast on an accelerator, fp32 on the CPU.
 Each figure is the median of ``--repeats`` runs after one warm-up.
 """
 from __future__ import annotations
@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from pudnet import PudNet, PudNetConfig
-from pudnet.meta import Episode, train_step
-from pudnet.predict import predict
-from pudnet.targets import build
+from pudnet.model.meta import Episode, train_step
+from pudnet.model.predict import predict
+from pudnet.model.targets import build
 
 GRIDS = {  # (arch, image size, K, S) of the prediction rows
     "cpu": [("convnet", 32, 10, 10), ("convnet", 32, 10, 100), ("convnet", 32, 100, 10), ("convnet", 32, 1000, 1),

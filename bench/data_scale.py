@@ -97,8 +97,8 @@ def measure(classes: int, per_class: int, tasks: int, image_size: int) -> dict:
     from jobs import _ray_utils
     from jobs.prepare_data import list_ilsvrc, prepare_listing
     from jobs.train import TrainConfig
-    from pudnet.shards import Catalog
-    from pudnet.stream import subdatasets
+    from pudnet.data.shards import Catalog
+    from pudnet.data.stream import subdatasets
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()

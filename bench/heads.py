@@ -23,11 +23,11 @@ import numpy as np
 import torch
 
 from pudnet import PudNet, PudNetConfig
-from pudnet.augment import augment
-from pudnet.data import SubDatasetSampler, split_classes, task_shape
-from pudnet.datasets import load_class_bank
-from pudnet.evaluate import Evaluator
-from pudnet.meta import Episode, train_step
+from pudnet.data.augment import augment
+from pudnet.data.tasks import SubDatasetSampler, split_classes, task_shape
+from pudnet.data.sources import load_class_bank
+from pudnet.evaluation.episodes import Evaluator
+from pudnet.model.meta import Episode, train_step
 
 SOURCES = ("mnist", "digits", "animal_mnist", "fashion_mnist", "openclipart", "emoji")
 VARIANTS = {  # name -> (PudNetConfig overrides, (ways range, shots range) or None for fixed 5-way 10-shot)
@@ -36,7 +36,7 @@ VARIANTS = {  # name -> (PudNetConfig overrides, (ways range, shots range) or No
     "ridge+varied": ({"head": "ridge"}, ((2, 20), (1, 200))),
     "prototype+varied": ({"head": "prototype"}, ((2, 20), (1, 200))),
 }
-MAX_SUPPORT = 600    # K*S cap of a meta-training task (pudnet.data.task_shape)
+MAX_SUPPORT = 600    # K*S cap of a meta-training task (pudnet.data.tasks.task_shape)
 
 
 def meta_train(cfg: PudNetConfig, sampler: SubDatasetSampler, steps: int, varied, seed: int) -> PudNet:

@@ -21,11 +21,11 @@ from ray.util.metrics import Counter, Gauge
 
 from jobs import progress
 from jobs.progress import METRICS_FILE
-from pudnet import checkpoint
-from pudnet.data import ClassSplit
-from pudnet.model import PudNet
-from pudnet.shards import filesystem, join
-from pudnet.stream import SubDatasetBuilder
+from pudnet.model import checkpoint
+from pudnet.data.tasks import ClassSplit
+from pudnet.model.hypernetwork import PudNet
+from pudnet.data.shards import filesystem, join
+from pudnet.data.stream import SubDatasetBuilder
 
 OPTIMIZER_FILE = "optimizer.pt"
 

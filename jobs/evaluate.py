@@ -9,9 +9,9 @@ CHECKPOINT is a checkpoint directory, its ``model.safetensors``, or a run direct
 ``checkpoint_*`` by step). Everything else comes from the run's record in the checkpoint: the class
 split, the shard directories training read (``shard_roots``) and its TrainConfig; no Ray is needed.
 Two protocols, each in two settings (``intra``: held-out classes of the meta-training sources;
-``inter``: the left-out sources): ``tasks``, many small K-way sub-datasets (``pudnet.evaluate``), and
+``inter``: the left-out sources): ``tasks``, many small K-way sub-datasets (``pudnet.evaluation.episodes``), and
 ``whole``, the paper's protocol, where a dataset's classes form one task with S images per class
-and the whole test split is scored (``pudnet.whole``). Support/query images come from a class's
+and the whole test split is scored (``pudnet.evaluation.whole``). Support/query images come from a class's
 train split, test images from its test split.
 """
 from __future__ import annotations
@@ -29,12 +29,14 @@ from tqdm import tqdm
 
 from jobs.prepare_data import default_data_dir, prepare_sources
 from jobs.progress import METRICS_FILE, read_records
-from pudnet import PudNet, PudNetConfig, checkpoint, plots
-from pudnet.config import apply_overrides, from_dict
-from pudnet.data import ClassSplit, SubDatasetSampler, split_classes
-from pudnet.evaluate import ALL_METHODS, TASK_METHODS, Evaluator, SGDSettings, evaluate_tasks, markdown_table
-from pudnet.shards import Catalog, filesystem, join, read_class_bank
-from pudnet.whole import WHOLE_METHODS, evaluate_whole, whole_markdown, whole_tasks
+from pudnet import PudNet, PudNetConfig
+from pudnet.model import checkpoint
+from pudnet.evaluation import plots
+from pudnet.model.config import apply_overrides, from_dict
+from pudnet.data.tasks import ClassSplit, SubDatasetSampler, split_classes
+from pudnet.evaluation.episodes import ALL_METHODS, TASK_METHODS, Evaluator, SGDSettings, evaluate_tasks, markdown_table
+from pudnet.data.shards import Catalog, filesystem, join, read_class_bank
+from pudnet.evaluation.whole import WHOLE_METHODS, evaluate_whole, whole_markdown, whole_tasks
 
 OUTPUTS = {"markdown": "eval.md", "json": "eval.json", "plot": "eval.png", "curves": "training_curves.png"}
 

@@ -1,4 +1,4 @@
-"""Convert an image source into pudnet's class-partitioned Parquet shards (``pudnet/shards.py``) with Ray Data.
+"""Convert an image source into pudnet's class-partitioned Parquet shards (``pudnet/data/shards.py``) with Ray Data.
 
     python jobs/prepare_data.py ilsvrc /data/ILSVRC2012 --out s3://BUCKET/shards/imagenet-112px --image-size 112
     python jobs/prepare_data.py folder ~/pets --out ~/.cache/pudnet/shards/pets-32px
@@ -9,7 +9,7 @@
 folders, or flat files labelled by ``--val-labels`` (default ``ROOT/LOC_val_solution.csv``; lines
 ``<image id>[,| ]<wnid> ...``). ``folder`` reads ``ROOT/<class>/**/<image>``, keeping ``--test-fraction``
 of each class as test images. Paths may be any URI pyarrow opens. CPU tasks read, decode and resize
-(``pudnet.datasets.decode_labelled_images``, the one decoder) and write shards; the driver only sees
+(``pudnet.data.sources.decode_labelled_images``, the one decoder) and write shards; the driver only sees
 file names. Unreadable images are skipped, counted and logged. Re-running with the same settings is a
 no-op; a crash leaves no shard that the manifest lists.
 """
@@ -24,9 +24,9 @@ import pyarrow.fs as pafs
 import ray
 
 from jobs.connect import ray_cluster, run_job
-from pudnet.datasets import (CACHE_VERSION, DEFAULT_SOURCES, SOURCES, SourceUnavailable, decode_labelled_images,
+from pudnet.data.sources import (CACHE_VERSION, DEFAULT_SOURCES, SOURCES, SourceUnavailable, decode_labelled_images,
                              default_cache_dir, load_class_bank)
-from pudnet.shards import (Manifest, absolute, bank_fingerprint, commit, filesystem, join, new_parts_dir,
+from pudnet.data.shards import (Manifest, absolute, bank_fingerprint, commit, filesystem, join, new_parts_dir,
                            pick_test_images, read_manifest, shard_path, shard_table, up_to_date, write_bank,
                            write_table)
 

@@ -39,19 +39,19 @@ from jobs.connect import ray_cluster, run_job
 from jobs.prepare_data import default_data_dir, prepare_sources, source_root
 from jobs.progress import RunProgress
 from pudnet import PudNet, PudNetConfig
-from pudnet.config import apply_overrides, from_dict
-from pudnet.data import ClassSplit, SubDatasetSampler
-from pudnet.evaluate import FAST_METHODS
-from pudnet.meta import Episode, episode_loss, train_step
-from pudnet.shards import Catalog, absolute, join, read_class_bank
-from pudnet.stream import class_split, subdatasets, trainable_classes
+from pudnet.model.config import apply_overrides, from_dict
+from pudnet.data.tasks import ClassSplit, SubDatasetSampler
+from pudnet.evaluation.episodes import FAST_METHODS
+from pudnet.model.meta import Episode, episode_loss, train_step
+from pudnet.data.shards import Catalog, absolute, join, read_class_bank
+from pudnet.data.stream import class_split, subdatasets, trainable_classes
 
 
 @dataclass
 class TrainConfig:
     """Everything a run needs; printed first, stored in every checkpoint."""
 
-    model: PudNetConfig = field(default_factory=PudNetConfig)  # hypernetwork and target (pudnet.config)
+    model: PudNetConfig = field(default_factory=PudNetConfig)  # hypernetwork and target (pudnet.model.config)
     sources: tuple[str, ...] = ("mnist", "digits", "animal_mnist", "fashion_mnist", "openclipart", "emoji")
     heldout_sources: tuple[str, ...] = ("fashion_mnist",)  # left out whole: the inter-dataset setting
     intra_fraction: float = 0.2     # share of the other sources' classes held out: the intra-dataset setting
@@ -63,7 +63,7 @@ class TrainConfig:
     ways: int = 5                   # K classes per sub-dataset
     shots: int = 10                 # S support images per class
     queries: int = 10               # Q query images per class (the meta-training loss)
-    ways_max: int = 0               # > 0: each step's K is drawn from [ways, ways_max] (pudnet.data.task_shape)
+    ways_max: int = 0               # > 0: each step's K is drawn from [ways, ways_max] (pudnet.data.tasks.task_shape)
     shots_max: int = 0              # > 0: each step's S is drawn log-uniform from [shots, shots_max]
     max_support: int = 1000         # and S is lowered so that K*S stays within this (a step's cost)
     tasks_per_step: int = 1         # sub-datasets per worker per optimiser step (gradient accumulation)
@@ -73,9 +73,9 @@ class TrainConfig:
     warmup_steps: int = 100
     lr_schedule: str = "cosine"     # "cosine" (decays to 0 at `steps`) or "constant", after the linear warm-up
     grad_clip: float = 1.0
-    augment_p_class: float = 0.5    # pudnet.augment in the stream: share of classes rotated/inverted into new ones
+    augment_p_class: float = 0.5    # pudnet.data.augment in the stream: share of classes rotated/inverted into new ones
     augment_shift: int = 2          # and per-image random shifts of up to this many pixels (0 and 0: off)
-    window_rows: int = 0            # rows a class's read window spans per task (0: just S+Q; see pudnet.stream)
+    window_rows: int = 0            # rows a class's read window spans per task (0: just S+Q; see pudnet.data.stream)
     stream_actors: int = 1          # Ray Data actors building sub-datasets
     stream_cpus: float = 0.5        # CPUs per stream actor
     stream_cache_mb: int = 512      # per actor: recently read shard blocks kept in memory

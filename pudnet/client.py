@@ -26,7 +26,7 @@ from typing import BinaryIO
 import requests
 from safetensors import safe_open
 
-from .config import ARCHITECTURES
+from .model.config import ARCHITECTURES
 
 CONTENT_TYPES = {".zip": "application/zip", ".npz": "application/x-npz", ".tar": "application/x-tar",
                  ".tgz": "application/gzip", ".tar.gz": "application/gzip"}

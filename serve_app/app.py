@@ -24,8 +24,8 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
-from pudnet.data import ClassBank
-from pudnet.predict import Prediction
+from pudnet.data.tasks import ClassBank
+from pudnet.model.predict import Prediction
 
 from .budget import BadInput
 from .checkpoints import resolve

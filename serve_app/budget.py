@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from pudnet.data import ClassBank
-from pudnet.datasets import to_rgb_array
+from pudnet.data.tasks import ClassBank
+from pudnet.data.sources import to_rgb_array
 
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError)  # what PIL raises on bytes that are no image
 ImageSource = bytes | str  # the bytes of an archive member, or a file path (already checked against allowed_roots)

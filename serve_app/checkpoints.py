@@ -3,7 +3,7 @@
 A Ray Train checkpoint directory holds ``model.safetensors`` next to optimizer state; only that file is
 fetched. A run directory (``<storage_path>/<name>``, what ``jobs/train.py`` writes) stands for its newest
 ``checkpoint_*`` (highest step in its ``state.json``). The model is rebuilt from the config stored in the
-checkpoint (``pudnet.checkpoint``), so the Serve YAML repeats no hyperparameter.
+checkpoint (``pudnet.model.checkpoint``), so the Serve YAML repeats no hyperparameter.
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import pyarrow.fs as pafs
 import torch
 from safetensors import SafetensorError, safe_open
 
-from pudnet import checkpoint
-from pudnet.config import PudNetConfig
-from pudnet.model import PudNet
+from pudnet.model import checkpoint
+from pudnet.model.config import PudNetConfig
+from pudnet.model.hypernetwork import PudNet
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class CheckpointError(ValueError):
 
 
 def newest_checkpoint(path: str | Path) -> Path:
-    """``pudnet.checkpoint.newest``, failing with the one-line CheckpointError a deploy shows."""
+    """``pudnet.model.checkpoint.newest``, failing with the one-line CheckpointError a deploy shows."""
     try:
         return checkpoint.newest(path)
     except FileNotFoundError as e:

@@ -11,9 +11,9 @@ import json
 
 import torch
 
-from pudnet import targets
-from pudnet.config import PudNetConfig
-from pudnet.predict import Prediction
+from pudnet.model import targets
+from pudnet.model.config import PudNetConfig
+from pudnet.model.predict import Prediction
 
 METADATA_FILE = "metadata.json"   # torch.export.load(f, extra_files={"metadata.json": ""}) reads it back
 

@@ -1,6 +1,6 @@
 """Turn an upload (zip/tar ImageFolder archive, ``.npz``) into a ClassBank, or raise BadInput.
 
-Every pixel goes through ``pudnet.datasets.to_rgb_array``, so served images match meta-training exactly.
+Every pixel goes through ``pudnet.data.sources.to_rgb_array``, so served images match meta-training exactly.
 Limits are checked before the expensive step they guard: the declared size before a body is read, member
 names and sizes before an archive is inflated, npy headers before an array is allocated, image headers
 (pixels) before any image is decoded (``serve_app.budget``).
@@ -16,7 +16,7 @@ from pathlib import PurePosixPath
 
 from starlette.requests import ClientDisconnect, Request
 
-from pudnet.data import ClassBank
+from pudnet.data.tasks import ClassBank
 
 from .budget import BadInput, Budget, decode_budgeted
 from .npz import NPY_ARRAYS, read_npz

@@ -9,8 +9,8 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from pudnet.data import ClassBank
-from pudnet.datasets import to_rgb_array
+from pudnet.data.tasks import ClassBank
+from pudnet.data.sources import to_rgb_array
 
 from .budget import BadInput, Budget
 

@@ -11,16 +11,16 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from pudnet import shards
-from pudnet.data import ClassBank
-from pudnet.datasets import to_rgb_array
+from pudnet.data import shards
+from pudnet.data.tasks import ClassBank
+from pudnet.data.sources import to_rgb_array
 
 from .budget import BadInput, Budget, decode_budgeted, inside
 
 
 class DatasetPath(BaseModel):
     """A dataset the cluster can read: an ImageFolder directory, or a Parquet shard directory (path or URI)
-    with its manifest (``pudnet.shards``)."""
+    with its manifest (``pudnet.data.shards``)."""
 
     model_config = ConfigDict(extra="forbid")
     path: str = Field(min_length=1, description="absolute path or URI under one of the server's allowed roots")

@@ -3,7 +3,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pudnet.config import ARCHITECTURES
+from pudnet.model.config import ARCHITECTURES
 
 from .paths import DatasetPath
 

@@ -16,8 +16,8 @@ from ray import serve
 from ray.util import metrics
 from safetensors.torch import save as safetensors_bytes
 
-from pudnet.data import ClassBank
-from pudnet.predict import Prediction, predict, validate_dataset
+from pudnet.data.tasks import ClassBank
+from pudnet.model.predict import Prediction, predict, validate_dataset
 
 from .budget import BadInput, Budget
 from .checkpoints import ServedModel, load_served

@@ -12,10 +12,12 @@ import tempfile
 import pytest
 import torch
 
-from pudnet import PudNet, PudNetConfig, checkpoint
-from pudnet.data import SubDatasetSampler, split_classes
-from pudnet.datasets import load_class_bank
-from pudnet.meta import Episode, train_step
+from pudnet import PudNet, PudNetConfig
+
+from pudnet.model import checkpoint
+from pudnet.data.tasks import SubDatasetSampler, split_classes
+from pudnet.data.sources import load_class_bank
+from pudnet.model.meta import Episode, train_step
 
 if not os.environ.get("PUDNET_CACHE_DIR"):
     os.environ["PUDNET_CACHE_DIR"] = tempfile.mkdtemp(prefix="pudnet-test-cache-")

@@ -10,9 +10,10 @@ import torch
 
 from jobs import evaluate
 from jobs.train import TrainConfig, load_config
-from pudnet import PudNet, PudNetConfig, checkpoint
-from pudnet.data import ClassBank, split_classes
-from pudnet.shards import write_bank
+from pudnet import PudNet, PudNetConfig
+from pudnet.model import checkpoint
+from pudnet.data.tasks import ClassBank, split_classes
+from pudnet.data.shards import write_bank
 
 TINY = PudNetConfig(target_kwargs={"depth": 2, "width": 8}, encoder_width=4, hidden=8, layer_embedding=4,
                     max_classes=5)

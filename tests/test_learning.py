@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from pudnet import PudNet, PudNetConfig
-from pudnet.data import SubDatasetSampler, split_classes
-from pudnet.evaluate import Evaluator, evaluate_tasks
-from pudnet.meta import Episode, train_step
+from pudnet.data.tasks import SubDatasetSampler, split_classes
+from pudnet.evaluation.episodes import Evaluator, evaluate_tasks
+from pudnet.model.meta import Episode, train_step
 from conftest import TINY_MODEL
 
 

@@ -32,8 +32,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from jobs.train import load_config
-from pudnet import targets
-from pudnet.datasets import load_class_bank
+from pudnet.model import targets
+from pudnet.data.sources import load_class_bank
 from serve_app.local import free_port
 
 pytestmark = pytest.mark.integration

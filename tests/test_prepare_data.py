@@ -7,7 +7,7 @@ import ray
 from PIL import Image
 
 from jobs.prepare_data import list_folder, list_ilsvrc, main, prepare_listing
-from pudnet.shards import read_class_bank, read_manifest
+from pudnet.data.shards import read_class_bank, read_manifest
 
 pytestmark = pytest.mark.integration
 COLOURS = {"n01440764": (200, 30, 30), "n01443537": (30, 200, 30), "n01484850": (30, 30, 200)}

@@ -17,7 +17,7 @@ import torchvision
 from PIL import Image
 from safetensors.torch import load
 
-from pudnet.checkpoint import newest
+from pudnet.model.checkpoint import newest
 from serve_app import local
 
 pytestmark = pytest.mark.integration

@@ -20,10 +20,12 @@ from ray.serve.config import AutoscalingConfig
 from ray.serve.schema import DeploymentSchema
 
 from archives import tar_gz_of, zip_of
-from pudnet import PudNet, PudNetConfig, checkpoint, shards, targets
-from pudnet.cli import main as cli_main
-from pudnet.data import ClassBank, to_tensor
-from pudnet.predict import predict
+from pudnet import PudNet, PudNetConfig
+from pudnet.model import checkpoint, targets
+from pudnet.data import shards
+from pudnet.client import main as cli_main
+from pudnet.data.tasks import ClassBank, to_tensor
+from pudnet.model.predict import predict
 from serve_app import local
 from serve_app.schemas import ServeArgs
 

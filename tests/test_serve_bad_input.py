@@ -24,8 +24,10 @@ from PIL import Image
 from ray import serve
 
 from archives import tar_gz_of, zip_of
-from pudnet import PudNet, PudNetConfig, checkpoint, shards
-from pudnet.data import ClassBank
+from pudnet import PudNet, PudNetConfig
+from pudnet.model import checkpoint
+from pudnet.data import shards
+from pudnet.data.tasks import ClassBank
 from serve_app import local
 from serve_app.app import ServeArgs, build_app
 

@@ -13,8 +13,10 @@ import ray
 import requests
 import torch
 
-from pudnet import PudNet, PudNetConfig, checkpoint
-from pudnet.cli import main as cli_main
+from pudnet import PudNet, PudNetConfig
+
+from pudnet.model import checkpoint
+from pudnet.client import main as cli_main
 from serve_app import local
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pudnet import PudNet, PudNetConfig, checkpoint
+from pudnet import PudNet, PudNetConfig
+
+from pudnet.model import checkpoint
 from serve_app.local import free_port
 
 ROOT = Path(__file__).resolve().parents[1]

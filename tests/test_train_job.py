@@ -19,10 +19,10 @@ from ray.cluster_utils import Cluster
 
 from jobs import _ray_utils
 from jobs.train import TrainConfig, load_config, lr_factor, main
-from pudnet import checkpoint
-from pudnet.data import ClassBank
-from pudnet.shards import pick_test_images, write_bank
-from pudnet.stream import subdatasets
+from pudnet.model import checkpoint
+from pudnet.data.tasks import ClassBank
+from pudnet.data.shards import pick_test_images, write_bank
+from pudnet.data.stream import subdatasets
 from serve_app.local import free_port
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ import dataclasses
 
 import numpy as np
 
-from .data import SubDataset
+from .tasks import SubDataset
 
 
 def _shift(images: np.ndarray, rng: np.random.Generator, max_shift: int) -> np.ndarray:

@@ -1,8 +1,8 @@
 """The class bank's bookkeeping (issue 10): which classes move together through the class split
 (:func:`split_group`), where each source comes from (:func:`provenance`), and a labelled sample grid to look at::
 
-    python -m pudnet.bank montage icons --out icons.png   # rows of one class each, its name and image count
-    python -m pudnet.bank summary                         # classes, images, domain and versions per source
+    python -m pudnet.data.bank montage icons --out icons.png   # rows of one class each, its name and image count
+    python -m pudnet.data.bank summary                         # classes, images, domain and versions per source
 """
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pudnet.bank_sources import FONT_PACKAGES, ICON_THEMES, SEED, SourceUnavailable, npm_dir
-from pudnet.data import ClassBank, ClassSplit
-from pudnet.datasets import SOURCES, load_class_bank
+from pudnet.data.bank_sources import FONT_PACKAGES, ICON_THEMES, SEED, SourceUnavailable, npm_dir
+from pudnet.data.tasks import ClassBank, ClassSplit
+from pudnet.data.sources import SOURCES, load_class_bank
 
 PROVENANCE = {  # source: (domain, packages, licence as the packages' copyright files state it)
     "digits": ("handwritten digits", ("scikit-learn",), "BSD-3-Clause (data: UCI)"),
@@ -62,7 +62,7 @@ def split_group(class_name: str) -> str:
 
 def split_classes_by_group(class_names: Sequence[str], heldout_sources: Sequence[str], intra_fraction: float,
                            min_intra: int, seed: int) -> ClassSplit:
-    """:func:`pudnet.data.split_classes` drawing whole :func:`split_group` groups: left-out sources whole, then
+    """:func:`pudnet.data.tasks.split_classes` drawing whole :func:`split_group` groups: left-out sources whole, then
     about ``intra_fraction`` of the other classes (>= ``min_intra``) in seeded-random groups, so no group
     straddles meta-train and intra-test. ValueError if that would leave nothing to meta-train on."""
     inter = sorted(n for n in class_names if n.split("/", 1)[0] in heldout_sources)
@@ -132,7 +132,7 @@ def montage(bank: ClassBank, out: str | Path, classes: int = 24, per_class: int 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pudnet.bank", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pudnet.data.bank", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     draw = sub.add_parser("montage", help="draw a labelled sample grid of one source")
     draw.add_argument("source")

@@ -6,7 +6,7 @@ its near-duplicate hash (:func:`image_hash`) is new in the source, so exact copi
 theme's 24 px and 48 px drawings of one SVG) and the same drawing under two names (icon aliases, Latin ``A``
 and Greek ``Α`` in one font) are kept once, in the class that comes first. Classes end with
 <= ``PER_CLASS`` images and are dropped under ``MIN_PER_CLASS``.
-Split groups, provenance and the montage command are in :mod:`pudnet.bank`."""
+Split groups, provenance and the montage command are in :mod:`pudnet.data.bank`."""
 from __future__ import annotations
 
 import json
@@ -20,8 +20,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from pudnet.data import ClassBank
-from pudnet.datasets import _DECODE_ERRORS, SourceUnavailable, _debian_dir, default_cache_dir, to_rgb_array
+from pudnet.data.tasks import ClassBank
+from pudnet.data.sources import _DECODE_ERRORS, SourceUnavailable, _debian_dir, default_cache_dir, to_rgb_array
 
 PER_CLASS, MIN_PER_CLASS, SEED = 64, 20, 0  # a task draws <= S+Q+T images per class; 64 bounds setup time
 NEAR = 4.0  # mean |pixel difference| at 32 px under which two images of a class are one: a rescaled icon (64 vs

@@ -8,7 +8,7 @@ A shard directory (local path or any URI pyarrow opens: s3://, gs://, a shared m
 Every file holds images of one class and one split (``train``: what support and query sets may
 use; ``test``: images kept for reporting), so reading a few classes touches only their files, and
 row groups of about 1 MiB let a reader fetch a window of a class without the rest. Columns:
-``image`` (fixed-size binary, R*R*3 uint8, already resized by ``pudnet.datasets.to_rgb_array``),
+``image`` (fixed-size binary, R*R*3 uint8, already resized by ``pudnet.data.sources.to_rgb_array``),
 ``label`` (index into the manifest's classes), ``class_name``, ``split``, ``index`` (position in
 the source's listing of the class), ``key`` (where the image came from). Pure pyarrow/numpy: no Ray here.
 """
@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .data import ClassBank
+from .tasks import ClassBank
 
 FORMAT, MANIFEST, SPLITS = "pudnet-shards-1", "manifest.json", ("train", "test")
 ROW_GROUP_BYTES = 1 << 20

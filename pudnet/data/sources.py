@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
-from pudnet.data import ClassBank
+from pudnet.data.tasks import ClassBank
 
 CACHE_VERSION = 1  # part of every cache file name: bump it when to_rgb_array or a loader changes pixels
 _SYSTEM_ROOT = Path("/")  # where apt-get installs Debian packages' data
@@ -228,9 +228,9 @@ def load_emoji(image_size: int, max_per_class: int | None) -> ClassBank:
 
 
 def _bank_loader(name: str) -> Callable[[int, int | None], ClassBank]:
-    """The class bank's loader ``pudnet.bank_sources.load_<name>``, imported on use (that module imports this)."""
+    """The class bank's loader ``pudnet.data.bank_sources.load_<name>``, imported on use (that module imports this)."""
     def load(image_size: int, max_per_class: int | None) -> ClassBank:
-        from pudnet import bank_sources
+        from pudnet.data import bank_sources
         return getattr(bank_sources, f"load_{name}")(image_size, max_per_class)
     return load
 

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from .augment import augment
-from .data import ClassSplit, SubDataset, split_classes, task_shape
+from .tasks import ClassSplit, SubDataset, split_classes, task_shape
 from .shards import BlockReader, Catalog, filesystem, join
 
 STREAM_KEYS = ("task", "class_names", "support_x", "support_y", "query_x", "query_y")
@@ -54,7 +54,7 @@ class SubDatasetBuilder:
     (B, K*S, R, R, 3) uint8, support_y (B, K*S) int64, query_x (B, K*Q, R, R, 3), query_y (B, K*Q).
     Pixels stay uint8 (4x less traffic than float); the consumer normalises on its device.
 
-    With ``ways_max``/``shots_max`` > 0, each call draws its own (K, S) (``pudnet.data.task_shape``: K in
+    With ``ways_max``/``shots_max`` > 0, each call draws its own (K, S) (``pudnet.data.tasks.task_shape``: K in
     [ways, ways_max], S log-uniform in [shots, shots_max], K*S <= ``max_support``) from its first task
     index, and all its tasks share it: one global step of the training stream is one call, so the DDP
     workers of a step get equal work, and tasks stack into arrays.
@@ -81,7 +81,7 @@ class SubDatasetBuilder:
         self.no_test = np.zeros((0, catalog.image_size, catalog.image_size, 3), np.uint8)
 
     def task(self, index: int, ways: int = 0, shots: int = 0) -> SubDataset:
-        """Task ``index`` (K = ``ways``, S = ``shots``, default the constructor's), augmented (``pudnet.augment``,
+        """Task ``index`` (K = ``ways``, S = ``shots``, default the constructor's), augmented (``pudnet.data.augment``,
         seeded by the task too) if asked."""
         ways, shots = ways or self.ways, shots or self.shots
         support, query, names = [], [], []

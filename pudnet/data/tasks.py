@@ -159,7 +159,7 @@ class SubDatasetSampler:
     """Seeded sampler of K-way sub-datasets over a fixed set of classes.
 
     Test images never feed learning: they come from ``test_bank`` (the same classes' test split,
-    e.g. ``pudnet.shards.read_class_bank(..., split="test")``) or, without one, from a seeded
+    e.g. ``pudnet.data.shards.read_class_bank(..., split="test")``) or, without one, from a seeded
     ``test_fraction`` of each class set aside once. Task i depends only on (seed, i): workers may
     sample any tasks in any order, or retry them.
     """

@@ -2,7 +2,7 @@
 
 Every method sees the same support images of a task and is scored on the task's test images
 (never used to learn or to stop). SGD/Adam stops early on the task's query images, used as a
-validation split (in the whole-dataset protocol, ``pudnet.whole``, a split cut from the support
+validation split (in the whole-dataset protocol, ``pudnet.evaluation.whole``, a split cut from the support
 set that Adam then does not train on). Weights are always evaluated the same way: BatchNorm
 statistics recomputed on (at most ``max_stats_images`` of) the support set, target run in eval
 mode (``TargetRunner``), images passed in chunks so a whole dataset fits in memory.
@@ -17,9 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import SubDataset, to_tensor
-from .model import PudNet, prototype_head
-from .targets import build
+from pudnet.data.tasks import SubDataset, to_tensor
+from pudnet.model.hypernetwork import PudNet, prototype_head
+from pudnet.model.targets import build
 
 FAST_METHODS = ("random_init", "ncm_pixels", "random_prototype", "pudnet")
 CHUNK = 512          # images per forward pass when a method scores or featurises many images

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import io
 
-from .evaluate import METHOD_LABELS
+from .episodes import METHOD_LABELS
 
 
 def _pyplot():

@@ -4,16 +4,16 @@ S train images per class are the support set (S in e.g. {10, 100, all}); the tes
 test split of those classes. Adam from scratch stops on a validation split cut from the support set
 (``val_fraction`` of each class's S images, at least one) and trains on the rest; every other method
 learns from all S images. Supports are nested: a class's 10 images are among its 100. The methods
-and their timing are ``pudnet.evaluate``'s.
+and their timing are ``pudnet.evaluation.episodes``'s.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from .data import ClassBank, ClassSplit, SubDataset
-from .evaluate import METHOD_LABELS, Evaluator, evaluate_tasks
-from .shards import Catalog
+from pudnet.data.tasks import ClassBank, ClassSplit, SubDataset
+from .episodes import METHOD_LABELS, Evaluator, evaluate_tasks
+from pudnet.data.shards import Catalog
 
 WHOLE_METHODS = ("ncm_pixels", "random_prototype", "linear_probe", "pudnet", "pudnet_ft1epoch", "sgd_1epoch",
                  "sgd_converged")

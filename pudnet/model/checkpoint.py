@@ -17,8 +17,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .config import PudNetConfig
-from .data import ClassSplit
-from .model import PudNet
+from pudnet.data.tasks import ClassSplit
+from .hypernetwork import PudNet
 
 WEIGHTS_FILE = "model.safetensors"
 STATE_FILE = "state.json"   # beside WEIGHTS_FILE in a training run's checkpoint: {"step": ..., "metrics": ...}

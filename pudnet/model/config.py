@@ -14,7 +14,7 @@ HEADS = ("ridge", "prototype", "generated")
 class PudNetConfig:
     """The hypernetwork and the target it generates (nanoGPT's GPTConfig, for PudNet).
 
-    ``target_kwargs`` go to the target builder (``pudnet.targets.build``), e.g.
+    ``target_kwargs`` go to the target builder (``pudnet.model.targets.build``), e.g.
     ``{"depth": 3, "width": 64}`` for ``convnet``.
     """
 
@@ -30,7 +30,7 @@ class PudNetConfig:
     lowrank: int = 8                    # rank of the generated additive kernel term (0 disables it)
     modulation: float = 0.5             # max relative change the generated channel scales apply to a kernel
     head: str = "ridge"                 # classifier head: ridge fit on support features, class prototypes, or
-                                        # generated from class embeddings (pudnet.heads)
+                                        # generated from class embeddings (pudnet.model.heads)
     sketch_per_class: int = 64          # the dataset encoder reads at most this many support images per class
     stats_images: int = 512             # BatchNorm statistics come from at most this many support images
     memory_mb: int = 512                # support images pass through in chunks whose activations fit in this

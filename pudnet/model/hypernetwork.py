@@ -15,7 +15,7 @@ Our reading of "Learning to Generate Parameters of ConvNets for Unseen Image Dat
 
 BatchNorm statistics come from one pass of the generated body over (a sample of) the support set;
 the classifier head is then fitted to every support image's features in closed form (``ridge``,
-see ``pudnet.heads``), built from class means (``prototype``), or generated from class k's sketch
+see ``pudnet.model.heads``), built from class means (``prototype``), or generated from class k's sketch
 embedding (``generated``).
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import PudNetConfig
-from .data import normalize
+from pudnet.data.tasks import normalize
 from .heads import HeadMoments, class_means, prototype_from_means, prototype_head, ridge_head, spread_sample
 from .targets import KINDS, LayerSpec, TargetRunner
 
@@ -177,7 +177,7 @@ class PudNet(nn.Module):
         ``cfg.sketch_per_class`` images per class, and the BatchNorm statistics come from one pass over a
         class-stratified sample of at most ``cfg.stats_images`` images (and at most one chunk); both samples
         are seeded by ``seed``. The head then reads every image, in chunks whose activations fit in
-        ``memory_mb``; without autograd only the head's F x F moments are kept (``pudnet.heads.HeadMoments``).
+        ``memory_mb``; without autograd only the head's F x F moments are kept (``pudnet.model.heads.HeadMoments``).
 
         Args:
             x: (N, 3, R, R) normalised support images, or (N, R, R, 3) uint8 pixels (normalised chunk by chunk).

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .data import SubDataset, to_tensor
-from .model import PudNet
+from pudnet.data.tasks import SubDataset, to_tensor
+from .hypernetwork import PudNet
 
 
 @dataclass

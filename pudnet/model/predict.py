@@ -9,8 +9,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .data import to_tensor
-from .model import PudNet
+from pudnet.data.tasks import to_tensor
+from .hypernetwork import PudNet
 
 
 @dataclass

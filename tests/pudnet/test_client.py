@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save
 
-from pudnet import cli
+from pudnet import client
 
 WEIGHTS = save({"fc.weight": torch.zeros(2, 3)}, {"architecture": "convnet", "class_names": '["a", "b"]',
                                                   "self_check_accuracy": "0.750000"})
@@ -69,7 +69,7 @@ def folder(tmp_path):
 
 def test_pack_folder_keeps_class_files_only(folder):
     buffer = io.BytesIO()
-    assert cli.pack_folder(folder, buffer) == 3
+    assert client.pack_folder(folder, buffer) == 3
     with zipfile.ZipFile(buffer) as archive:
         assert sorted(archive.namelist()) == ["cat/1.jpg", "cat/sub/2.png", "dog/3.png"]
         assert all(info.compress_type == zipfile.ZIP_STORED for info in archive.infolist())
@@ -79,29 +79,29 @@ def test_pack_folder_keeps_class_files_only(folder):
 def test_pack_folder_needs_two_classes(tmp_path):
     (tmp_path / "only").mkdir()
     (tmp_path / "only" / "1.png").write_bytes(b"x")
-    with pytest.raises(cli.ClientError, match="1 class folder.*at least 2"):
-        cli.pack_folder(tmp_path, io.BytesIO())
-    with pytest.raises(cli.ClientError, match="no such directory"):
-        cli.pack_folder(tmp_path / "missing", io.BytesIO())
+    with pytest.raises(client.ClientError, match="1 class folder.*at least 2"):
+        client.pack_folder(tmp_path, io.BytesIO())
+    with pytest.raises(client.ClientError, match="no such directory"):
+        client.pack_folder(tmp_path / "missing", io.BytesIO())
 
 
 def test_content_types(tmp_path):
     for name, kind in [("d.zip", "application/zip"), ("d.TAR.GZ", "application/gzip"), ("d.tgz", "application/gzip"),
                        ("d.tar", "application/x-tar")]:
-        assert cli.content_type(tmp_path / name) == kind
-    with pytest.raises(cli.ClientError, match="expected a directory or one of"):
-        cli.content_type(tmp_path / "d.csv")
+        assert client.content_type(tmp_path / name) == kind
+    with pytest.raises(client.ClientError, match="expected a directory or one of"):
+        client.content_type(tmp_path / "d.csv")
     np.savez(tmp_path / "bad.npz", pixels=np.zeros(3))
-    with pytest.raises(cli.ClientError, match="expected arrays 'images' and 'labels'"):
-        cli.content_type(tmp_path / "bad.npz")
+    with pytest.raises(client.ClientError, match="expected arrays 'images' and 'labels'"):
+        client.content_type(tmp_path / "bad.npz")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    with pytest.raises(cli.ClientError, match="not a readable .npz"):
-        cli.content_type(tmp_path / "junk.npz")
+    with pytest.raises(client.ClientError, match="not a readable .npz"):
+        client.content_type(tmp_path / "junk.npz")
 
 
 def test_predict_folder_streams_a_zip(stub, folder, tmp_path, capsys):
     out = tmp_path / "out" / "w.safetensors"
-    assert cli.main(["predict", "--endpoint", stub + "/", "--data", str(folder), "--arch", "resnet18",
+    assert client.main(["predict", "--endpoint", stub + "/", "--data", str(folder), "--arch", "resnet18",
                      "--out", str(out)]) == 0
     (request,) = Stub.requests
     assert request["path"] == "/v1/predict" and not request["chunked"]  # a file body: sized, sent as it is read
@@ -116,7 +116,7 @@ def test_predict_folder_streams_a_zip(stub, folder, tmp_path, capsys):
 def test_predict_npz_as_pt(stub, tmp_path):
     np.savez(tmp_path / "d.npz", images=np.zeros((2, 4, 4), np.uint8), labels=np.array([0, 1]))
     Stub.reply = (200, "application/octet-stream", b"pt bytes")
-    assert cli.main(["predict", "--endpoint", stub, "--data", str(tmp_path / "d.npz"),
+    assert client.main(["predict", "--endpoint", stub, "--data", str(tmp_path / "d.npz"),
                      "--out", str(tmp_path / "w.pt")]) == 0
     (request,) = Stub.requests
     assert request["query"]["format"] == ["pt"] and request["content_type"] == "application/x-npz"
@@ -125,13 +125,13 @@ def test_predict_npz_as_pt(stub, tmp_path):
 
 
 def test_dtype_is_sent_and_reported(stub, folder, tmp_path, capsys):
-    assert cli.main(["predict", "--endpoint", stub, "--data", str(folder), "--out", str(tmp_path / "w.safetensors"),
+    assert client.main(["predict", "--endpoint", stub, "--data", str(folder), "--out", str(tmp_path / "w.safetensors"),
                      "--dtype", "bfloat16"]) == 0
     assert Stub.requests[0]["query"] == {"arch": ["convnet"], "format": ["safetensors"], "dtype": ["bfloat16"]}
 
 
 def test_server_path_sends_json(stub, tmp_path):
-    assert cli.main(["predict", "--endpoint", stub, "--server-path", "/data/pets", "--out",
+    assert client.main(["predict", "--endpoint", stub, "--server-path", "/data/pets", "--out",
                      str(tmp_path / "w.safetensors")]) == 0
     (request,) = Stub.requests
     assert request["content_type"] == "application/json" and json.loads(request["body"]) == {"path": "/data/pets"}
@@ -140,7 +140,7 @@ def test_server_path_sends_json(stub, tmp_path):
 def test_server_error_is_shown_and_nothing_written(stub, folder, tmp_path, capsys):
     Stub.reply = (413, "application/json", b'{"error": "upload_too_large", "detail": "limit is 1 MiB"}')
     out = tmp_path / "w.safetensors"
-    assert cli.main(["predict", "--endpoint", stub, "--data", str(folder), "--out", str(out)]) == 1
+    assert client.main(["predict", "--endpoint", stub, "--data", str(folder), "--out", str(out)]) == 1
     assert "(413): upload_too_large: limit is 1 MiB" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == [folder]
 
@@ -148,7 +148,7 @@ def test_server_error_is_shown_and_nothing_written(stub, folder, tmp_path, capsy
 def test_503_is_retried_and_said(stub, folder, tmp_path, capsys):
     Stub.before = [(503, "application/json", b'{"error": "replica_unavailable", "detail": "lost"}')] * 2
     out = tmp_path / "w.safetensors"
-    assert cli.main(["predict", "--endpoint", stub, "--data", str(folder), "--out", str(out)]) == 0
+    assert client.main(["predict", "--endpoint", stub, "--data", str(folder), "--out", str(out)]) == 0
     err = capsys.readouterr().err
     assert "server unavailable (503): replica_unavailable: lost; retry 1/4 in 0 s" in err and "retry 2/4" in err
     assert len(Stub.requests) == 3 and out.read_bytes() == WEIGHTS
@@ -157,29 +157,29 @@ def test_503_is_retried_and_said(stub, folder, tmp_path, capsys):
 
 def test_retries_are_bounded(stub, folder, tmp_path, capsys):
     Stub.reply = (503, "application/json", b'{"error": "replica_unavailable", "detail": "lost"}')
-    assert cli.main(["predict", "--endpoint", stub, "--data", str(folder), "--out", str(tmp_path / "w"),
+    assert client.main(["predict", "--endpoint", stub, "--data", str(folder), "--out", str(tmp_path / "w"),
                      "--retries", "2"]) == 1
     assert "gave up after 3 attempts" in capsys.readouterr().err and len(Stub.requests) == 3
 
 
 def test_backoff_doubles_up_to_a_cap():
-    assert [cli.backoff_s(a, None) for a in range(7)] == [1, 2, 4, 8, 16, 30, 30]
-    assert cli.backoff_s(0, 5.0) == 5.0 and cli.backoff_s(3, 120.0) == 30
+    assert [client.backoff_s(a, None) for a in range(7)] == [1, 2, 4, 8, 16, 30, 30]
+    assert client.backoff_s(0, 5.0) == 5.0 and client.backoff_s(3, 120.0) == 30
 
 
 def test_unreachable_endpoint_and_missing_data(tmp_path, capsys, monkeypatch):
     slept = []
-    monkeypatch.setattr(cli.time, "sleep", slept.append)
+    monkeypatch.setattr(client.time, "sleep", slept.append)
     import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{s.getsockname()[1]}"
     (tmp_path / "d.zip").write_bytes(b"PK")
-    assert cli.main(["predict", "--endpoint", closed, "--data", str(tmp_path / "d.zip"), "--out",
+    assert client.main(["predict", "--endpoint", closed, "--data", str(tmp_path / "d.zip"), "--out",
                      str(tmp_path / "w")]) == 1
     err = capsys.readouterr().err
     assert "cannot reach" in err and "retry 4/4 in 8 s" in err and "gave up after 5 attempts" in err
     assert slept == [1, 2, 4, 8]
-    assert cli.main(["predict", "--endpoint", closed, "--data", str(tmp_path / "nope"), "--out",
+    assert client.main(["predict", "--endpoint", closed, "--data", str(tmp_path / "nope"), "--out",
                      str(tmp_path / "w")]) == 1
     assert "no such file or directory" in capsys.readouterr().err

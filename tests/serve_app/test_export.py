@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from pudnet import PudNet, PudNetConfig, targets
-from pudnet.data import to_tensor
-from pudnet.predict import predict
+from pudnet import PudNet, PudNetConfig
+
+from pudnet.model import targets
+from pudnet.data.tasks import to_tensor
+from pudnet.model.predict import predict
 from serve_app.export import exported_program
 
 LOADER = """

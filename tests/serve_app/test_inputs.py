@@ -240,7 +240,8 @@ def test_serve_job_reads_the_architecture_from_each_run(tmp_path):
     import torch
 
     from jobs.serve import checkpoints_of, main
-    from pudnet import PudNet, PudNetConfig, checkpoint
+    from pudnet import PudNet, PudNetConfig
+    from pudnet.model import checkpoint
     for step, arch, kwargs in [(10, "convnet", {"depth": 2, "width": 8}), (20, "convnet", {"depth": 2, "width": 8}),
                                (5, "resnet18", {})]:
         torch.manual_seed(step)

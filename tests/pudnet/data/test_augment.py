@@ -1,7 +1,7 @@
 import numpy as np
 
-from pudnet.augment import augment
-from pudnet.data import SubDataset
+from pudnet.data.augment import augment
+from pudnet.data.tasks import SubDataset
 
 
 def task():

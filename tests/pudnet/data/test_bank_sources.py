@@ -1,5 +1,5 @@
-"""The class bank's loaders (pudnet.bank_sources) on small data made here: a fake icon theme, a few glyphs of an
-installed font, fake emoji SVGs; deduplication; and its bookkeeping (pudnet.bank): split groups, provenance,
+"""The class bank's loaders (pudnet.data.bank_sources) on small data made here: a fake icon theme, a few glyphs of an
+installed font, fake emoji SVGs; deduplication; and its bookkeeping (pudnet.data.bank): split groups, provenance,
 the montage."""
 from pathlib import Path
 
@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from pudnet import bank, bank_sources, datasets
-from pudnet.bank import montage, split_group
-from pudnet.bank_sources import (SourceUnavailable, dedup_bank, emoji_candidates, glyph_candidates, icon_candidates,
+from pudnet.data import bank, bank_sources, sources
+from pudnet.data.bank import montage, split_group
+from pudnet.data.bank_sources import (SourceUnavailable, dedup_bank, emoji_candidates, glyph_candidates, icon_candidates,
                                  image_hash)
-from pudnet.data import ClassBank
+from pudnet.data.tasks import ClassBank
 
 
 def _shape(kind: int, size: int = 48, colour="red") -> Image.Image:
@@ -52,7 +52,7 @@ def test_near_copies_are_dropped_within_a_class_and_exact_ones_across():
     b = [(f"b{k}", tinted(k, 0)) for k in range(18, 40)]                   # 2 exact copies of a's
     made = dedup_bank("toy", {"a": a, "b": b}, 32, min_per_class=1)
     assert np.bincount(made.labels).tolist() == [20, 20]
-    assert image_hash(datasets.to_rgb_array(_shape(3), 32)) != image_hash(datasets.to_rgb_array(_shape(4), 32))
+    assert image_hash(sources.to_rgb_array(_shape(3), 32)) != image_hash(sources.to_rgb_array(_shape(4), 32))
 
 
 def _write_theme(root: Path, theme: str, kinds: dict[str, int]) -> Path:
@@ -80,7 +80,7 @@ def test_icon_candidates_one_per_theme_size_and_file(tmp_path):
 
 
 def test_load_icons_without_themes_names_the_install(monkeypatch, tmp_path):
-    monkeypatch.setattr(datasets, "_SYSTEM_ROOT", tmp_path)
+    monkeypatch.setattr(sources, "_SYSTEM_ROOT", tmp_path)
     monkeypatch.delenv("PUDNET_DATA_DIR", raising=False)
     with pytest.raises(SourceUnavailable, match="apt-get install -y papirus-icon-theme"):
         bank_sources.load_icons(8, 2)
@@ -150,10 +150,10 @@ def test_split_group(name, group):
 def test_bank_sources_load_by_name_through_the_registry(monkeypatch, tmp_path):
     fake = ClassBank(np.zeros((4, 8, 8, 3), np.uint8), np.array([0, 0, 1, 1]), ("icons/a", "icons/b"))
     monkeypatch.setattr(bank_sources, "load_icons", lambda size, n: fake)
-    pooled, missing = datasets.load_class_bank(["icons"], 8, None, cache_dir=tmp_path)
+    pooled, missing = sources.load_class_bank(["icons"], 8, None, cache_dir=tmp_path)
     assert pooled.class_names == ("icons/a", "icons/b") and not missing
-    assert set(datasets.BANK_SOURCES) <= set(datasets.SOURCES) and set(bank.PROVENANCE) == set(
-        datasets.SOURCES)
+    assert set(sources.BANK_SOURCES) <= set(sources.SOURCES) and set(bank.PROVENANCE) == set(
+        sources.SOURCES)
 
 
 def test_provenance_reads_installed_versions():
@@ -164,7 +164,7 @@ def test_provenance_reads_installed_versions():
 
 def test_montage_draws_a_labelled_grid(tmp_path):
     labels = np.repeat(np.arange(3), 4)
-    toy = ClassBank(np.stack([datasets.to_rgb_array(_shape(k), 16) for k in range(12)]), labels,
+    toy = ClassBank(np.stack([sources.to_rgb_array(_shape(k), 16) for k in range(12)]), labels,
                     ("toy/a", "toy/b", "toy/c"))
     out = montage(toy, tmp_path / "grid.png", classes=2, per_class=3)
     with Image.open(out) as grid:

@@ -2,8 +2,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pudnet.data import ClassBank
-from pudnet.shards import (BlockReader, Catalog, read_class_bank, read_manifest, row_group_rows, pick_test_images,
+from pudnet.data.tasks import ClassBank
+from pudnet.data.shards import (BlockReader, Catalog, read_class_bank, read_manifest, row_group_rows, pick_test_images,
                            write_bank)
 
 

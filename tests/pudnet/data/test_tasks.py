@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from pudnet.data import ClassBank, ClassSplit, SubDatasetSampler, split_classes, to_tensor
+from pudnet.data.tasks import ClassBank, ClassSplit, SubDatasetSampler, split_classes, to_tensor
 
 
 def tiny_bank(sources=("a", "b", "c"), classes=4, per_class=30, size=8):

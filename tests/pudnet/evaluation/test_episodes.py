@@ -2,11 +2,13 @@ import numpy as np
 import pytest
 import torch
 
-from pudnet import PudNet, PudNetConfig, plots
-from pudnet.data import ClassBank
-from pudnet.evaluate import (Evaluator, Point, SGDSettings, TaskResult, markdown_table, ridge_head, summarize,
+from pudnet import PudNet, PudNetConfig
+
+from pudnet.evaluation import plots
+from pudnet.data.tasks import ClassBank
+from pudnet.evaluation.episodes import (Evaluator, Point, SGDSettings, TaskResult, markdown_table, ridge_head, summarize,
                              time_to_equal_accuracy)
-from pudnet.whole import WHOLE_METHODS, evaluate_whole, whole_markdown, whole_task, whole_tasks
+from pudnet.evaluation.whole import WHOLE_METHODS, evaluate_whole, whole_markdown, whole_task, whole_tasks
 
 
 def result(pudnet_acc, curve):
@@ -99,8 +101,8 @@ def test_training_curves_skip_event_records_and_refuse_an_empty_log():
 
 
 def test_whole_tasks_pick_classes_with_enough_images_and_name_inter_tasks_by_their_shard_manifest(tmp_path):
-    from pudnet.data import ClassSplit
-    from pudnet.shards import Catalog, write_bank
+    from pudnet.data.tasks import ClassSplit
+    from pudnet.data.shards import Catalog, write_bank
 
     def shard(root, source, names, per_class):
         labels = np.repeat(np.arange(len(names)), per_class)

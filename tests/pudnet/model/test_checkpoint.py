@@ -4,8 +4,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from pudnet import PudNet, PudNetConfig, checkpoint
-from pudnet.data import ClassSplit
+from pudnet import PudNet, PudNetConfig
+
+from pudnet.model import checkpoint
+from pudnet.data.tasks import ClassSplit
 
 
 def test_checkpoint_round_trip_rebuilds_the_model_from_the_file_alone(tmp_path):
@@ -34,8 +36,8 @@ def test_load_rejects_missing_and_foreign_files(tmp_path):
 
 def test_tiny_checkpoint_beats_chance_on_unseen_digits(tiny_checkpoint, pypi_bank):
     """The shared fixture is genuinely trained: the serve and job tests rely on it."""
-    from pudnet.data import SubDatasetSampler
-    from pudnet.evaluate import Evaluator, evaluate_tasks
+    from pudnet.data.tasks import SubDatasetSampler
+    from pudnet.evaluation.episodes import Evaluator, evaluate_tasks
     loaded = checkpoint.load(tiny_checkpoint)
     sampler = SubDatasetSampler(pypi_bank, loaded.split.inter_test, seed=11)
     report = evaluate_tasks(Evaluator(loaded.model), [sampler.sample(i, 5, 5, 5, 10) for i in range(10)],

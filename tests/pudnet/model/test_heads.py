@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pudnet.heads import HeadMoments, prototype_head, ridge_head, spread_sample
+from pudnet.model.heads import HeadMoments, prototype_head, ridge_head, spread_sample
 
 
 def problem(n, f, k, seed=0):

@@ -3,7 +3,7 @@ import torch
 import torchvision
 
 from pudnet import PudNet, PudNetConfig
-from pudnet.model import ConvKernelGenerator, class_means
+from pudnet.model.hypernetwork import ConvKernelGenerator, class_means
 
 SMALL = dict(target_kwargs={"depth": 2, "width": 16}, encoder_width=8, hidden=16, layer_embedding=8, max_classes=6)
 

@@ -16,7 +16,7 @@ SCRIPT = textwrap.dedent('''
     import ctypes, json, sys
     import numpy as np, torch
     from pudnet import PudNet, PudNetConfig
-    from pudnet.predict import predict
+    from pudnet.model.predict import predict
 
     def status():
         fields = dict(line.split(":", 1) for line in open("/proc/self/status"))

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torchvision
 
-from pudnet import targets
+from pudnet.model import targets
 
 
 @pytest.mark.parametrize("k", [2, 10])
