@@ -135,7 +135,8 @@ def with_ray(args) -> list[str]:
     """The Ray Data stream alone, then jobs/train.py itself with 1 and 2 workers."""
     import ray
 
-    from jobs import _ray_utils
+    from jobs.progress import METRICS_FILE
+    from jobs.stream import make_stream
     from jobs.train import load_config, main, training_data
 
     ray.init(include_dashboard=False, log_to_driver=False)
@@ -147,7 +148,7 @@ def with_ray(args) -> list[str]:
              f"worker-step; stream_actors={cfg.stream_actors} x {cfg.stream_cpus} CPU"]
     stream_cfg = {**dataclasses.asdict(cfg), "steps": args.steps * 4}
     with tempfile.TemporaryDirectory() as tmp:
-        stream = _ray_utils.make_stream(stream_cfg, roots, classes, str(Path(tmp, "no-run")))
+        stream = make_stream(stream_cfg, roots, classes, str(Path(tmp, "no-run")))
         batches, count = iter(stream.iter_batches(batch_size=per_step, batch_format="numpy")), 0
         for _ in range(5):   # actor start-up and first reads
             next(batches)
@@ -161,7 +162,7 @@ def with_ray(args) -> list[str]:
             main([f"num_workers={workers}", f"steps={args.steps}", f"log_every={args.steps // 4}", "eval_tasks=0",
                   "val_tasks=0", f"checkpoint_every={args.steps}", f"storage_path={tmp}", f"name={name}",
                   *args.overrides])
-            reports = [json.loads(line) for line in Path(tmp, name, _ray_utils.METRICS_FILE).read_text().splitlines()
+            reports = [json.loads(line) for line in Path(tmp, name, METRICS_FILE).read_text().splitlines()
                        if '"tasks_per_s"' in line][1:]
             tasks = np.mean([r["tasks_per_s"] for r in reports])
             wait = np.mean([r["data_wait_fraction"] for r in reports])

@@ -94,8 +94,8 @@ def measure(classes: int, per_class: int, tasks: int, image_size: int) -> dict:
     """One size, in this process: generate, prepare, stream; the numbers of the table's row."""
     import ray
 
-    from jobs import _ray_utils
-    from jobs.prepare_data import list_ilsvrc, prepare_listing
+    from jobs.stream import make_stream
+    from jobs.sharding import list_ilsvrc, prepare_listing
     from jobs.train import TrainConfig
     from pudnet.data.shards import Catalog
     from pudnet.data.stream import subdatasets
@@ -117,7 +117,7 @@ def measure(classes: int, per_class: int, tasks: int, image_size: int) -> dict:
             cfg = dataclasses.asdict(TrainConfig(tasks_per_step=1, num_workers=1, steps=tasks, stream_actors=1,
                                                  stream_cpus=1, ways=5, shots=10, queries=10, seed=0, window_rows=0,
                                                  stream_cache_mb=256, augment_p_class=0.0, augment_shift=0))
-            stream = _ray_utils.make_stream(cfg, [out], names, str(Path(tmp, "no-run")))
+            stream = make_stream(cfg, [out], names, str(Path(tmp, "no-run")))
             made, start = 0, None
             for batch in stream.iter_batches(batch_size=1, batch_format="numpy"):
                 if start is None:                     # from the first sub-dataset on: actor start-up left out

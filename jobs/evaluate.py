@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from jobs.prepare_data import default_data_dir, prepare_sources
+from jobs.sharding import default_data_dir, prepare_sources
 from jobs.progress import METRICS_FILE, read_records
 from pudnet import PudNet, PudNetConfig
 from pudnet.model import checkpoint

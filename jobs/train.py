@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,11 +34,14 @@ import ray.train.torch
 import torch
 import yaml
 
-from jobs import _ray_utils as ru
-from jobs import evaluate
+from jobs import evaluate, train_state
+from jobs.chaos import inject_failure
 from jobs.connect import ray_cluster, run_job
-from jobs.prepare_data import default_data_dir, prepare_sources, source_root
-from jobs.progress import RunProgress
+from jobs.ddp import digest, gather
+from jobs.metrics import Reporter, StepWindow, versions
+from jobs.progress import METRICS_FILE, RunProgress
+from jobs.sharding import default_data_dir, prepare_sources, source_root
+from jobs.stream import make_stream
 from pudnet import PudNet, PudNetConfig
 from pudnet.model.config import apply_overrides, from_dict
 from pudnet.data.tasks import ClassSplit, SubDatasetSampler
@@ -195,15 +199,15 @@ def train_loop_per_worker(config: dict) -> None:
     model = ray.train.torch.prepare_model(net)          # DDP (gloo on CPU, NCCL on GPU); net moves to `device`
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(lr_factor, cfg))
-    step = ru.restore(ray.train.get_checkpoint(), net, optimizer, scheduler, split)
+    step = train_state.restore(ray.train.get_checkpoint(), net, optimizer, scheduler, split)
     autocast = functools.partial(torch.autocast, device.type, torch.bfloat16, enabled=cfg.use_gpu)
     val = validation_episodes(cfg, roots, split, net) if rank == 0 else []
     run_dir = join(cfg.storage_path, cfg.name)
-    start = {"step": step, "weights": ru.digest(net), "nodes": ru.gather(ray.get_runtime_context().get_node_id())}
-    reporter = ru.Reporter(run_dir, cfg.name, cfg.steps, device, start) if rank == 0 else None
+    start = {"step": step, "weights": digest(net), "nodes": gather(ray.get_runtime_context().get_node_id())}
+    reporter = Reporter(run_dir, cfg.name, cfg.steps, device, start) if rank == 0 else None
     batches = iter(ray.train.get_dataset_shard("train").iter_batches(
         batch_size=cfg.tasks_per_step, batch_format="numpy", drop_last=True, prefetch_batches=2))
-    window = ru.StepWindow(cfg.tasks_per_step * world, cfg.ways * (cfg.shots + cfg.queries))
+    window = StepWindow(cfg.tasks_per_step * world, cfg.ways * (cfg.shots + cfg.queries))
     while step < cfg.steps:
         tick = time.perf_counter()
         batch = next(batches)
@@ -218,16 +222,21 @@ def train_loop_per_worker(config: dict) -> None:
         if save or step % cfg.log_every == 0:
             metrics = {"step": step, "lr": scheduler.get_last_lr()[0], **window.summary(device)}
             if save:
-                metrics["weights"] = ru.gather(ru.digest(net))      # identical on every rank, or DDP is broken
+                metrics["weights"] = gather(digest(net))      # identical on every rank, or DDP is broken
             if rank == 0:
                 if val and (step % cfg.val_every == 0 or step == cfg.steps):
                     with autocast():
                         metrics["val_accuracy"] = accuracy(net, val)
                 reporter.log(metrics, window.tasks)
-            ru.report(metrics, *((net, optimizer, scheduler, split, config["cfg"], roots) if save and rank == 0 else ()))
-            window = ru.StepWindow(window.tasks_per_step, window.images_per_task)
+            if save and rank == 0:      # rank 0 writes the checkpoint into a temporary directory and reports it
+                with tempfile.TemporaryDirectory() as d:
+                    train_state.save(d, metrics, net, optimizer, scheduler, split, config["cfg"], roots)
+                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+            else:
+                ray.train.report(metrics)
+            window = StepWindow(window.tasks_per_step, window.images_per_task)
         if step == cfg.fail_at_step and rank == world - 1:
-            ru.inject_failure(run_dir, step)
+            inject_failure(run_dir, step)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -240,14 +249,14 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(args.config, args.smoke_test, args.overrides)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).parent).stdout.strip() or "unknown"
-    print(json.dumps({"config": dataclasses.asdict(cfg), "git_commit": commit, **ru.versions(),
+    print(json.dumps({"config": dataclasses.asdict(cfg), "git_commit": commit, **versions(),
                       "world_size": cfg.num_workers}, indent=1), flush=True)
     logging.getLogger("ray.data").setLevel(logging.WARNING)   # our own lines say what the data steps do
     run_dir = join(cfg.storage_path, cfg.name)
     with ray_cluster(args.address) as where:
         print(f"ray cluster: {where}; worker logs on its dashboard", flush=True)
         roots, split, classes = training_data(cfg)
-        with RunProgress(join(run_dir, ru.METRICS_FILE), cfg.steps):
+        with RunProgress(join(run_dir, METRICS_FILE), cfg.steps):
             result = fit(cfg, roots, split, classes)
     written = [evaluate.training_curves(run_dir)]
     if cfg.eval_tasks:   # after the cluster is gone: evaluation needs none, and the timed methods get every CPU
@@ -257,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
                 max_per_class=cfg.eval_images_per_class, methods=FAST_METHODS + ("pudnet_ft10",), seed=cfg.seed,
                 protocols=cfg.eval_protocols))
         written += evaluate.write_report(report, run_dir)
-    print(f"\nfinal checkpoint: {result.checkpoint.path}\nmetrics: {run_dir}/{ru.METRICS_FILE}", flush=True)
+    print(f"\nfinal checkpoint: {result.checkpoint.path}\nmetrics: {run_dir}/{METRICS_FILE}", flush=True)
     for path in written:
         print(f"wrote {path}", flush=True)
 
@@ -275,7 +284,7 @@ def fit(cfg: TrainConfig, roots: list[str], split: ClassSplit, classes: list[str
         run_config=ray.train.RunConfig(name=cfg.name, storage_path=cfg.storage_path,
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.num_to_keep),
                                        failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures)),
-        datasets={"train": functools.partial(ru.make_stream, config["cfg"], roots, classes, run_dir)})
+        datasets={"train": functools.partial(make_stream, config["cfg"], roots, classes, run_dir)})
     return trainer.fit()
 
 

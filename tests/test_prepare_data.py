@@ -6,7 +6,8 @@ import pytest
 import ray
 from PIL import Image
 
-from jobs.prepare_data import list_folder, list_ilsvrc, main, prepare_listing
+from jobs.prepare_data import main
+from jobs.sharding import list_folder, list_ilsvrc, prepare_listing
 from pudnet.data.shards import read_class_bank, read_manifest
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,8 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from jobs import _ray_utils
+from jobs.progress import METRICS_FILE
+from jobs.stream import make_stream
 from jobs.train import TrainConfig, load_config, lr_factor, main
 from pudnet.model import checkpoint
 from pudnet.data.tasks import ClassBank
@@ -65,7 +66,7 @@ def data_dir(tmp_path_factory):
 
 
 def records(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / _ray_utils.METRICS_FILE).read_text().splitlines()]
+    return [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
 
 
 @integration
@@ -194,7 +195,7 @@ def test_streamed_sub_datasets_hold_only_meta_train_classes_and_train_images(clu
     cfg = dataclasses.asdict(TrainConfig(tasks_per_step=2, num_workers=2, steps=10, stream_actors=1, stream_cpus=0.5,
                                          ways=3, shots=2, queries=3, seed=0, window_rows=0, stream_cache_mb=16,
                                          augment_p_class=0.0, augment_shift=0))
-    stream = _ray_utils.make_stream(cfg, [str(tmp_path)], meta_train, str(tmp_path / "no-run"))
+    stream = make_stream(cfg, [str(tmp_path)], meta_train, str(tmp_path / "no-run"))
     tasks = [s for batch in stream.iter_batches(batch_size=8, batch_format="numpy") for s in subdatasets(batch)]
     assert len(tasks) == 40
     for task in tasks:

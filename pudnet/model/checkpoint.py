@@ -69,9 +69,24 @@ def newest(path: str | os.PathLike) -> Path:
 def _step(directory: Path) -> tuple[int, str]:
     """(step from state.json, name): the name breaks ties and orders checkpoints without a readable state."""
     try:
-        return int(json.loads((directory / STATE_FILE).read_text())["step"]), directory.name
+        return read_step(directory), directory.name
     except (OSError, ValueError, KeyError, TypeError):
         return -1, directory.name
+
+
+def write_state(directory: str | os.PathLike, step: int, metrics: dict) -> None:
+    """A training checkpoint's ``state.json``: its step (what a resumed run continues from) and metrics."""
+    Path(directory, STATE_FILE).write_text(json.dumps({"step": step, "metrics": metrics}, indent=1))
+
+
+def read_step(directory: str | os.PathLike) -> int:
+    """The step ``write_state`` wrote into the training checkpoint in ``directory``."""
+    return parse_step(Path(directory, STATE_FILE).read_bytes())
+
+
+def parse_step(state: bytes) -> int:
+    """The step in a ``state.json``'s bytes: the one reader of the resume step (local or on any filesystem)."""
+    return int(json.loads(state)["step"])
 
 
 def load(path: str | os.PathLike, device: torch.device | str | None = None) -> LoadedCheckpoint:
