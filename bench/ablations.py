@@ -25,11 +25,11 @@ import torch
 from pudnet import PudNet, PudNetConfig
 from pudnet.data.augment import augment
 from pudnet.data.tasks import SubDatasetSampler, split_classes
-from pudnet.data.sources import load_class_bank
+from pudnet.data.sources import DEFAULT_SOURCES, load_class_bank
 from pudnet.evaluation.episodes import Evaluator
 from pudnet.model.meta import Episode, train_step
 
-SOURCES = ("mnist", "digits", "animal_mnist", "fashion_mnist", "openclipart", "emoji")
+SOURCES = DEFAULT_SOURCES
 VARIANTS = {  # name -> (PudNetConfig overrides, task augmentation on)
     "default": ({}, True),
     "prototype head": ({"head": "prototype"}, True),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from pudnet.data.shards import filesystem, join
+from pudnet.files import filesystem, join
 
 
 def inject_failure(run_dir: str, step: int) -> None:

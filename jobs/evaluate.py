@@ -35,7 +35,8 @@ from pudnet.evaluation import plots
 from pudnet.model.config import apply_overrides, from_dict
 from pudnet.data.tasks import ClassSplit, SubDatasetSampler, split_classes
 from pudnet.evaluation.episodes import ALL_METHODS, TASK_METHODS, Evaluator, SGDSettings, evaluate_tasks, markdown_table
-from pudnet.data.shards import Catalog, filesystem, join, read_class_bank
+from pudnet.data.shards import Catalog, read_class_bank
+from pudnet.files import filesystem, join
 from pudnet.evaluation.whole import WHOLE_METHODS, evaluate_whole, whole_markdown, whole_tasks
 
 OUTPUTS = {"markdown": "eval.md", "json": "eval.json", "plot": "eval.png", "curves": "training_curves.png"}

@@ -16,7 +16,7 @@ from ray.util.metrics import Counter, Gauge
 from jobs import progress
 from jobs.ddp import mean_across_workers
 from jobs.progress import METRICS_FILE
-from pudnet.data.shards import filesystem, join
+from pudnet.files import filesystem, join
 
 
 class StepWindow:

@@ -13,7 +13,7 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from pudnet.data.shards import filesystem
+from pudnet.files import filesystem
 
 METRICS_FILE = "metrics.jsonl"   # in a run directory: one JSON record per line, written by rank 0
 SHOWN = ("loss", "query_accuracy", "val_accuracy", "lr", "tasks_per_s", "images_per_s", "data_wait_fraction",

@@ -14,9 +14,10 @@ import ray
 from jobs.connect import ray_cluster
 from pudnet.data.sources import (CACHE_VERSION, SOURCES, SourceUnavailable, decode_labelled_images,
                              default_cache_dir, load_class_bank)
-from pudnet.data.shards import (Manifest, absolute, bank_fingerprint, commit, filesystem, join, new_parts_dir,
-                           pick_test_images, read_manifest, shard_path, shard_table, up_to_date, write_bank,
-                           write_table)
+from pudnet.data.shards import (Manifest, bank_fingerprint, commit, new_parts_dir, pick_test_images, read_manifest,
+                                shard_path, shard_table, up_to_date, write_bank, write_table)
+from pudnet.files import absolute, filesystem, join
+from pudnet.files import scheme as scheme_of
 
 BLOCK_ROWS = 1024   # images per Ray Data block (and at most per shard file)
 
@@ -28,11 +29,6 @@ def _list(root: str, recursive: bool = True) -> list[pafs.FileInfo]:
                   key=lambda i: i.path)
 
 
-def _scheme(root: str) -> str:
-    """``s3://`` of ``s3://bucket/x`` ("" for a local path): pyarrow lists paths without it."""
-    return root[:root.index("://") + 3] if "://" in root else ""
-
-
 def _class_files(root: str) -> dict[str, list[str]]:
     """{class folder name: sorted file paths below it}; ValueError if ``root`` has no class folder."""
     fs, base = filesystem(root)
@@ -40,7 +36,7 @@ def _class_files(root: str) -> dict[str, list[str]]:
     classes = {i.base_name: [] for i in top if i.type == pafs.FileType.Directory}
     if not classes:
         raise ValueError(f"{root!r} has no class folders; expected {root}/<class_name>/<image>")
-    scheme = _scheme(root)
+    scheme = scheme_of(root)
     for info in _list(root):
         name = info.path[len(base):].strip("/").split("/", 1)[0]
         if info.type == pafs.FileType.File and name in classes and "/" in info.path[len(base):].strip("/"):
@@ -70,7 +66,7 @@ def list_ilsvrc(root: str, val_labels: str | None, max_per_class: int | None) ->
         with fs.open_input_stream(path) as f:
             rows = [line.replace(",", " ").split() for line in f.read().decode().splitlines()]
         label = {r[0].rsplit(".", 1)[0]: r[1] for r in rows if len(r) > 1 and r[0] != "ImageId"}
-        scheme = _scheme(root)
+        scheme = scheme_of(root)
         val = {}
         for info in _list(join(root, "val"), recursive=False):
             val.setdefault(label.get(info.base_name.rsplit(".", 1)[0], "?"), []).append(scheme + info.path)

@@ -47,7 +47,9 @@ from pudnet.model.config import apply_overrides, from_dict
 from pudnet.data.tasks import ClassSplit, SubDatasetSampler
 from pudnet.evaluation.episodes import FAST_METHODS
 from pudnet.model.meta import Episode, episode_loss, train_step
-from pudnet.data.shards import Catalog, absolute, join, read_class_bank
+from pudnet.data.sources import DEFAULT_SOURCES
+from pudnet.data.shards import Catalog, read_class_bank
+from pudnet.files import absolute, join
 from pudnet.data.stream import class_split, subdatasets, trainable_classes
 
 
@@ -56,7 +58,7 @@ class TrainConfig:
     """Everything a run needs; printed first, stored in every checkpoint."""
 
     model: PudNetConfig = field(default_factory=PudNetConfig)  # hypernetwork and target (pudnet.model.config)
-    sources: tuple[str, ...] = ("mnist", "digits", "animal_mnist", "fashion_mnist", "openclipart", "emoji")
+    sources: tuple[str, ...] = DEFAULT_SOURCES   # the embedded ones (pudnet.data.sources)
     heldout_sources: tuple[str, ...] = ("fashion_mnist",)  # left out whole: the inter-dataset setting
     intra_fraction: float = 0.2     # share of the other sources' classes held out: the intra-dataset setting
     min_intra: int = 5

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ from typing import BinaryIO
 import requests
 from safetensors import safe_open
 
+from .files import atomic_path
 from .model.config import ARCHITECTURES
 
 CONTENT_TYPES = {".zip": "application/zip", ".npz": "application/x-npz", ".tar": "application/x-tar",
@@ -127,18 +127,12 @@ def _predict_once(endpoint: str, out: Path, params: dict[str, str], data: Path |
                             float(retry_after) if retry_after.isdigit() else None)
         if response.status_code != 200:
             raise ClientError(f"server refused the request ({response.status_code}): {_error_text(response)}")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
         try:
-            with os.fdopen(fd, "wb") as f:
+            with atomic_path(out) as tmp, open(tmp, "wb") as f:
                 for chunk in response.iter_content(1 << 20):
                     f.write(chunk)
-            os.replace(tmp, out)
         except requests.RequestException as e:
             raise ClientError(f"the download from {url} broke off: {e}") from e
-        finally:
-            if os.path.exists(tmp):  # only after a failure: os.replace moved it
-                os.remove(tmp)
     return out
 
 

@@ -16,6 +16,7 @@ import pyarrow.fs as pafs
 import torch
 from safetensors import SafetensorError, safe_open
 
+from pudnet.files import filesystem
 from pudnet.model import checkpoint
 from pudnet.model.config import PudNetConfig
 from pudnet.model.hypernetwork import PudNet
@@ -83,12 +84,12 @@ def _fetch(uri: str, workdir: Path) -> Path:
     if "://" not in uri:
         path = newest_checkpoint(uri)
         return path / checkpoint.WEIGHTS_FILE if path.is_dir() else path
-    filesystem, path = pafs.FileSystem.from_uri(uri)
-    if filesystem.get_file_info(path).type == pafs.FileType.Directory:
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
         path = f"{path.rstrip('/')}/{checkpoint.WEIGHTS_FILE}"
-    if filesystem.get_file_info(path).type != pafs.FileType.File:
+    if fs.get_file_info(path).type != pafs.FileType.File:
         raise CheckpointError(f"no PudNet checkpoint at {uri!r} (expected a {checkpoint.WEIGHTS_FILE} "
                                 "file or a directory holding one)")
     local = workdir / checkpoint.WEIGHTS_FILE
-    pafs.copy_files(path, str(local), source_filesystem=filesystem, destination_filesystem=pafs.LocalFileSystem())
+    pafs.copy_files(path, str(local), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
     return local

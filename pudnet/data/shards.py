@@ -15,7 +15,6 @@ the source's listing of the class), ``key`` (where the image came from). Pure py
 from __future__ import annotations
 
 import json
-import os
 import uuid
 import zlib
 from collections import OrderedDict
@@ -28,25 +27,11 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from pudnet.files import absolute, filesystem, join
 from .tasks import ClassBank
 
 FORMAT, MANIFEST, SPLITS = "pudnet-shards-1", "manifest.json", ("train", "test")
 ROW_GROUP_BYTES = 1 << 20
-
-
-def filesystem(path_or_uri: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path inside it) for a local path or a URI such as ``s3://bucket/shards``."""
-    return pafs.FileSystem.from_uri(path_or_uri) if "://" in path_or_uri else (
-        pafs.LocalFileSystem(), os.path.abspath(path_or_uri))
-
-
-def absolute(path_or_uri: str) -> str:
-    """A URI as is, a local path made absolute: Ray workers do not share the driver's working directory."""
-    return path_or_uri if "://" in path_or_uri else os.path.abspath(path_or_uri)
-
-
-def join(root: str, *parts: str) -> str:
-    return "/".join([root.rstrip("/"), *parts])
 
 
 def pick_test_images(class_name: str, n: int, fraction: float, seed: int) -> np.ndarray:

@@ -8,7 +8,6 @@ import importlib.util
 import io
 import os
 import pickle
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
 from pudnet.data.tasks import ClassBank
+from pudnet.files import atomic_path
 
 CACHE_VERSION = 1  # part of every cache file name: bump it when to_rgb_array or a loader changes pixels
 _SYSTEM_ROOT = Path("/")  # where apt-get installs Debian packages' data
@@ -235,7 +235,7 @@ def _bank_loader(name: str) -> Callable[[int, int | None], ClassBank]:
     return load
 
 
-DEFAULT_SOURCES = ("digits", "mnist", "animal_mnist", "fashion_mnist", "openclipart", "emoji")
+DEFAULT_SOURCES = ("mnist", "digits", "animal_mnist", "fashion_mnist", "openclipart", "emoji")
 BANK_SOURCES = ("icons", "glyphs", "symbols", "emoji_sets")  # issue 10's class bank: by name, not by default
 SOURCES: dict[str, Callable[[int, int | None], ClassBank]] = {  # loader(image_size, max_per_class)
     "digits": load_digits, "mnist": load_mnist, "animal_mnist": load_animal_mnist,
@@ -262,18 +262,11 @@ def _read_cache(path: Path) -> ClassBank | None:
 
 def _write_cache(path: Path, bank: ClassBank) -> None:
     """Write a temp file in the same folder, fsync, ``os.replace``: no crash leaves a file under the cache name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, images=bank.images, labels=bank.labels, class_names=np.array(bank.class_names))
-            f.flush()
-            os.fsync(f.fileno())
-            os.fchmod(f.fileno(), 0o644)  # mkstemp's 0600 would hide a shared PUDNET_CACHE_DIR from other users
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):  # only after a failure: os.replace moved it
-            os.unlink(tmp)
+    # mode 0644: mkstemp's 0600 would hide a shared PUDNET_CACHE_DIR from other users
+    with atomic_path(path, mode=0o644) as tmp, open(tmp, "wb") as f:
+        np.savez(f, images=bank.images, labels=bank.labels, class_names=np.array(bank.class_names))
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def default_cache_dir() -> Path:

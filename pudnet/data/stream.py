@@ -15,7 +15,8 @@ import numpy as np
 
 from .augment import augment
 from .tasks import ClassSplit, SubDataset, split_classes, task_shape
-from .shards import BlockReader, Catalog, filesystem, join
+from .shards import BlockReader, Catalog
+from pudnet.files import filesystem, join
 
 STREAM_KEYS = ("task", "class_names", "support_x", "support_y", "query_x", "query_y")
 

@@ -154,6 +154,12 @@ class SubDataset:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def tensors(self, part: str, mean: Sequence[float], std: Sequence[float],
+                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``part`` ("support", "query" or "test") as model inputs on ``device``: x (N, 3, R, R) normalised, y (N,)."""
+        x, y = getattr(self, f"{part}_x"), getattr(self, f"{part}_y")
+        return to_tensor(x, mean, std).to(device), torch.from_numpy(y).to(device)
+
 
 class SubDatasetSampler:
     """Seeded sampler of K-way sub-datasets over a fixed set of classes.

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pudnet.data.tasks import SubDataset, to_tensor
+from pudnet.data.tasks import SubDataset
 from pudnet.model.hypernetwork import PudNet, prototype_head
 from pudnet.model.targets import build
 
@@ -88,9 +88,8 @@ class Evaluator:
         self.max_stats_images = max_stats_images
 
     def tensors(self, task: SubDataset):
-        t = lambda a: to_tensor(a, self.cfg.mean, self.cfg.std).to(self.device)
-        y = lambda a: torch.from_numpy(a).to(self.device)
-        return (t(task.support_x), y(task.support_y)), (t(task.query_x), y(task.query_y)), (t(task.test_x), y(task.test_y))
+        """((support x, y), (query x, y), (test x, y)) on the model's device."""
+        return tuple(task.tensors(part, self.cfg.mean, self.cfg.std, self.device) for part in ("support", "query", "test"))
 
     @torch.no_grad()
     def accuracy(self, weights, x, y) -> float:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from safetensors.torch import save_file
 
 from .config import PudNetConfig
 from pudnet.data.tasks import ClassSplit
+from pudnet.files import atomic_path
 from .hypernetwork import PudNet
 
 WEIGHTS_FILE = "model.safetensors"
@@ -41,14 +41,8 @@ def save(directory: str | os.PathLike, model: PudNet, split: ClassSplit | None =
     if split is not None:
         metadata["class_split"] = split.to_json()
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, directory / WEIGHTS_FILE)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(directory / WEIGHTS_FILE) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     return directory / WEIGHTS_FILE
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from pudnet.data.tasks import SubDataset, to_tensor
+from pudnet.data.tasks import SubDataset
 from .hypernetwork import PudNet
 
 
@@ -25,8 +25,7 @@ class Episode:
     def from_subdataset(cls, sub: SubDataset, model: PudNet) -> "Episode":
         device = next(model.parameters()).device
         cfg = model.cfg
-        return cls(to_tensor(sub.support_x, cfg.mean, cfg.std).to(device), torch.from_numpy(sub.support_y).to(device),
-                   to_tensor(sub.query_x, cfg.mean, cfg.std).to(device), torch.from_numpy(sub.query_y).to(device),
+        return cls(*sub.tensors("support", cfg.mean, cfg.std, device), *sub.tensors("query", cfg.mean, cfg.std, device),
                    sub.num_classes)
 
 
