@@ -13,7 +13,7 @@ import ray
 
 from jobs.connect import ray_cluster
 from pudnet.data.sources import (CACHE_VERSION, SOURCES, SourceUnavailable, decode_labelled_images,
-                             default_cache_dir, load_class_bank)
+                                 default_cache_dir, load_class_bank)
 from pudnet.data.shards import (Manifest, bank_fingerprint, commit, new_parts_dir, pick_test_images, read_manifest,
                                 shard_path, shard_table, up_to_date, write_bank, write_table)
 from pudnet.files import absolute, filesystem, join

@@ -378,6 +378,18 @@ def test_fuzz_over_the_openapi_schema(server):
 
 def test_the_same_replica_served_everything(server):
     """No crash and no restart: the replica that answered first still answers."""
-    assert requests.get(server.url + "/v1/models").json()["replica"] == server.replica
+    assert_same_replica(server)
+
+
+def assert_same_replica(server) -> None:
+    assert requests.get(server.url + "/v1/models", timeout=60).json()["replica"] == server.replica
     states = serve.status().applications["pudnet"].deployments["PudNetServer"].replica_states
     assert states == {"RUNNING": 1}, states
+
+
+@pytest.fixture(autouse=True)
+def no_crash_and_no_restart(request):
+    """The same check after every test that used the server, so it holds whatever order (or subset) runs."""
+    yield
+    if "server" in request.fixturenames:
+        assert_same_replica(request.getfixturevalue("server"))

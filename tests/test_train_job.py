@@ -117,6 +117,8 @@ def test_ray_job_submit_runs_the_smoke_test_and_its_metrics_are_in_the_job_logs(
                    if "[pudnet] step=" in line]
         assert metrics[-1]["step"] == "6/6" and 0 <= float(metrics[-1]["query_accuracy"]) <= 1
         assert float(metrics[-1]["loss"]) > 0 and float(metrics[-1]["tasks_per_s"]) > 0
+        # a task of the smoke test is 5 ways x (5 shots + 5 queries) images: the two rates must agree
+        assert float(metrics[-1]["images_per_s"]) == pytest.approx(50 * float(metrics[-1]["tasks_per_s"]), rel=2e-3)
         assert re.search(r"\*\*intra-dataset: held-out classes of [a-z_, ]+\*\* \(2 tasks\)", logs)
     finally:
         head.terminate()   # `ray start --block` stops every process of this head on SIGTERM

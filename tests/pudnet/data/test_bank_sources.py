@@ -9,8 +9,8 @@ from PIL import Image, ImageDraw
 
 from pudnet.data import bank, bank_sources, sources
 from pudnet.data.bank import montage, split_group
-from pudnet.data.bank_sources import (SourceUnavailable, dedup_bank, emoji_candidates, glyph_candidates, icon_candidates,
-                                 image_hash)
+from pudnet.data.bank_sources import (SourceUnavailable, dedup_bank, emoji_candidates, glyph_candidates,
+                                      icon_candidates, image_hash)
 from pudnet.data.tasks import ClassBank
 
 

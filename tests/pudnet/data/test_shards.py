@@ -4,7 +4,7 @@ import pytest
 
 from pudnet.data.tasks import ClassBank
 from pudnet.data.shards import (BlockReader, Catalog, read_class_bank, read_manifest, row_group_rows, pick_test_images,
-                           write_bank)
+                                write_bank)
 
 
 def tiny_bank(source="a", classes=4, per_class=30, size=8):

@@ -14,7 +14,7 @@ from PIL import Image
 from pudnet.data import sources
 from pudnet.data.tasks import ClassBank
 from pudnet.data.sources import (SOURCES, SourceUnavailable, cache_path, decode_labelled_images, load_class_bank,
-                             load_image_folder, to_rgb_array)
+                                 load_image_folder, to_rgb_array)
 
 EXPECTED = {  # source -> (class count, one real class name)
     "digits": (10, "digits/7"),

@@ -79,8 +79,15 @@ def test_streamed_batch_trains_pudnet():
         "task": np.arange(2), "class_names": np.array(['["a/0", "a/1"]'] * 2, dtype=object),
         "support_x": bank.images[:8].reshape(2, 4, 16, 16, 3), "support_y": np.array([[0, 0, 1, 1]] * 2),
         "query_x": bank.images[8:12].reshape(2, 2, 16, 16, 3), "query_y": np.array([[0, 1]] * 2)})]
-    loss, acc = train_step(model, torch.optim.Adam(model.parameters()), episodes)
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    loss, acc = train_step(model, optimizer, episodes)
     assert np.isfinite(loss) and 0 <= acc <= 1
+    assert acc * 4 == round(acc * 4)       # the mean over 2 tasks of 2 query images each
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters())), "the step changed no weight"
+    for _ in range(15):                    # the same two tasks again: the stream's batch is one the model can fit
+        last, _ = train_step(model, optimizer, episodes)
+    assert last < loss, (loss, last)
 
 
 def test_held_out_tasks_take_test_images_from_the_shards_test_split_only(shards):

@@ -6,8 +6,8 @@ from pudnet import PudNet, PudNetConfig
 
 from pudnet.evaluation import plots
 from pudnet.data.tasks import ClassBank
-from pudnet.evaluation.episodes import (Evaluator, Point, SGDSettings, TaskResult, markdown_table, ridge_head, summarize,
-                             time_to_equal_accuracy)
+from pudnet.evaluation.episodes import (Evaluator, Point, SGDSettings, TaskResult, markdown_table, ridge_head,
+                                        summarize, time_to_equal_accuracy)
 from pudnet.evaluation.whole import WHOLE_METHODS, evaluate_whole, whole_markdown, whole_task, whole_tasks
 
 
