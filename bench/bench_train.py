@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # a checkout that is not pip-installed
 from pudnet import PudNet, PudNetConfig                         # noqa: E402
-from pudnet.model.config import from_dict                             # noqa: E402
+from pudnet.overrides import from_dict                                 # noqa: E402
 from pudnet.data.sources import DEFAULT_SOURCES, SourceUnavailable, load_class_bank  # noqa: E402
 from pudnet.model.meta import Episode, train_step                     # noqa: E402
 from pudnet.data.shards import Catalog, write_bank                   # noqa: E402

@@ -32,7 +32,7 @@ from jobs.progress import METRICS_FILE, read_records
 from pudnet import PudNet, PudNetConfig
 from pudnet.model import checkpoint
 from pudnet.evaluation import plots
-from pudnet.model.config import apply_overrides, from_dict
+from pudnet.overrides import apply_overrides, from_dict
 from pudnet.data.tasks import ClassSplit, SubDatasetSampler, split_classes
 from pudnet.evaluation.episodes import ALL_METHODS, TASK_METHODS, Evaluator, SGDSettings, evaluate_tasks, markdown_table
 from pudnet.data.shards import Catalog, read_class_bank

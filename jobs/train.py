@@ -43,7 +43,7 @@ from jobs.progress import METRICS_FILE, RunProgress
 from jobs.sharding import default_data_dir, prepare_sources, source_root
 from jobs.stream import make_stream
 from pudnet import PudNet, PudNetConfig
-from pudnet.model.config import apply_overrides, from_dict
+from pudnet.overrides import apply_overrides, from_dict
 from pudnet.data.tasks import ClassSplit, SubDatasetSampler
 from pudnet.evaluation.episodes import FAST_METHODS
 from pudnet.model.meta import Episode, episode_loss, train_step
