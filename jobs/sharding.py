@@ -14,6 +14,7 @@ import ray
 from jobs.connect import ray_cluster
 from pudnet.data.sources import (CACHE_VERSION, SOURCES, SourceUnavailable, decode_labelled_images,
                                  default_cache_dir, load_class_bank)
+from pudnet.data.images import class_of, hidden
 from pudnet.data.shards import (Manifest, bank_fingerprint, commit, new_parts_dir, pick_test_images, read_manifest,
                                 shard_path, shard_table, up_to_date, write_bank, write_table)
 from pudnet.files import absolute, filesystem, join
@@ -25,8 +26,7 @@ BLOCK_ROWS = 1024   # images per Ray Data block (and at most per shard file)
 def _list(root: str, recursive: bool = True) -> list[pafs.FileInfo]:
     fs, base = filesystem(root)
     infos = fs.get_file_info(pafs.FileSelector(base, recursive=recursive))
-    return sorted((i for i in infos if not any(p.startswith(".") for p in i.path[len(base):].split("/"))),
-                  key=lambda i: i.path)
+    return sorted((i for i in infos if not hidden(i.path[len(base):].strip("/").split("/"))), key=lambda i: i.path)
 
 
 def _class_files(root: str) -> dict[str, list[str]]:
@@ -38,8 +38,8 @@ def _class_files(root: str) -> dict[str, list[str]]:
         raise ValueError(f"{root!r} has no class folders; expected {root}/<class_name>/<image>")
     scheme = scheme_of(root)
     for info in _list(root):
-        name = info.path[len(base):].strip("/").split("/", 1)[0]
-        if info.type == pafs.FileType.File and name in classes and "/" in info.path[len(base):].strip("/"):
+        name = class_of(info.path[len(base):].strip("/").split("/"))
+        if info.type == pafs.FileType.File and name in classes:
             classes[name].append(scheme + info.path)
     return classes
 

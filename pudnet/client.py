@@ -25,6 +25,7 @@ from typing import BinaryIO
 import requests
 from safetensors import safe_open
 
+from .data.images import class_of, hidden
 from .files import atomic_path
 from .model.config import ARCHITECTURES
 
@@ -61,9 +62,8 @@ def pack_folder(root: Path, out: BinaryIO) -> int:
     if not root.is_dir():
         raise ClientError(f"--data {root}: no such directory")
     files: dict[str, list[Path]] = {}
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        inside = [p for p in sorted(folder.rglob("*")) if p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not hidden((p.name,))):
+        inside = [p for p in sorted(folder.rglob("*")) if p.is_file() and class_of(p.relative_to(root).parts)]
         if inside:
             files[folder.name] = inside
     if len(files) < 2:

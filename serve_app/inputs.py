@@ -16,6 +16,7 @@ from pathlib import PurePosixPath
 
 from starlette.requests import ClientDisconnect, Request
 
+from pudnet.data.images import class_of, hidden
 from pudnet.data.tasks import ClassBank
 
 from .budget import BadInput, Budget, decode_budgeted
@@ -126,11 +127,11 @@ def _decode_archive(members: list, image_size: int, max_images: int, budget: Bud
         if parts in seen:
             raise BadInput(400, "duplicate_member", f"archive member {name!r} appears more than once")
         seen.add(parts)
-        if parts and not any(p.startswith(".") or p == "__MACOSX" for p in parts):
+        if parts and not hidden(parts):
             paths.append((parts, read))
     if paths and len({parts[0] for parts, _ in paths}) == 1 and min(len(parts) for parts, _ in paths) >= 3:
         paths = [(parts[1:], read) for parts, read in paths]  # a zip of the folder itself: drop its root
-    images = [(parts, read) for parts, read in paths if len(parts) >= 2]  # files at the root are not labelled
+    images = [(parts, read) for parts, read in paths if class_of(parts)]  # files at the root are not labelled
     if not images:
         raise BadInput(400, "empty_archive", "the archive holds no <class_name>/<image> files")
     if len(images) > max_images:

@@ -16,6 +16,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
+from pudnet.data.images import class_of, hidden
 from pudnet.data.tasks import ClassBank
 from pudnet.files import atomic_path
 
@@ -94,12 +95,12 @@ def load_image_folder(root: str | os.PathLike, image_size: int,
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"image folder {str(root)!r} does not exist or is not a directory")
-    visible = sorted(p for p in root.iterdir() if not p.name.startswith("."))
+    visible = sorted(p for p in root.iterdir() if not hidden((p.name,)))
     class_dirs = [p for p in visible if p.is_dir()]
     if not class_dirs:
         raise ValueError(f"{str(root)!r} has no class folders; expected root/<class_name>/<image>")
     entries = ((d.name, p.relative_to(root).as_posix(), p) for d in class_dirs for p in sorted(d.rglob("*"))
-               if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+               if p.is_file() and class_of(p.relative_to(root).parts))
     bank, skipped = decode_labelled_images(entries, image_size, source or root.resolve().name,
                                            [d.name for d in class_dirs])
     return bank, [p.name for p in visible if not p.is_dir()] + skipped
