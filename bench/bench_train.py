@@ -146,7 +146,7 @@ def with_ray(args) -> list[str]:
     lines = [f"- Ray {ray.__version__}, {ray.cluster_resources().get('CPU')} CPUs; model {cfg.model.arch} "
              f"{cfg.model.image_size}px; {cfg.ways}-way {cfg.shots}+{cfg.queries}, {cfg.tasks_per_step} tasks per "
              f"worker-step; stream_actors={cfg.stream_actors} x {cfg.stream_cpus} CPU"]
-    stream_cfg = {**dataclasses.asdict(cfg), "steps": args.steps * 4}
+    stream_cfg = dataclasses.replace(cfg, steps=args.steps * 4)
     with tempfile.TemporaryDirectory() as tmp:
         stream = make_stream(stream_cfg, roots, classes, str(Path(tmp, "no-run")))
         batches, count = iter(stream.iter_batches(batch_size=per_step, batch_format="numpy")), 0

@@ -13,7 +13,6 @@ of that cluster. Appends Markdown to ``--out``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import resource
@@ -114,9 +113,9 @@ def measure(classes: int, per_class: int, tasks: int, image_size: int) -> dict:
             prepare_listing(listing, out, "imagenet", image_size, {"kind": "bench"})
             prepare_s = time.perf_counter() - start
             names = list(Catalog(out).class_names)
-            cfg = dataclasses.asdict(TrainConfig(tasks_per_step=1, num_workers=1, steps=tasks, stream_actors=1,
-                                                 stream_cpus=1, ways=5, shots=10, queries=10, seed=0, window_rows=0,
-                                                 stream_cache_mb=256, augment_p_class=0.0, augment_shift=0))
+            cfg = TrainConfig(tasks_per_step=1, num_workers=1, steps=tasks, stream_actors=1, stream_cpus=1, ways=5,
+                              shots=10, queries=10, seed=0, window_rows=0, stream_cache_mb=256, augment_p_class=0.0,
+                              augment_shift=0)
             stream = make_stream(cfg, [out], names, str(Path(tmp, "no-run")))
             made, start = 0, None
             for batch in stream.iter_batches(batch_size=1, batch_format="numpy"):

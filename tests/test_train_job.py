@@ -1,7 +1,6 @@
 """jobs/train.py: its config, then real Ray runs on 2 CPUs (end to end, `ray job submit`, DDP on 2 nodes,
 resume, a failed worker, the stream). Ray tests share one simulated 2-node cluster, started after the
 subprocess tests so that no two clusters run at once."""
-import dataclasses
 import json
 import os
 import re
@@ -194,9 +193,8 @@ def test_streamed_sub_datasets_hold_only_meta_train_classes_and_train_images(clu
     images[:, 0, 0, 0], images[:, 0, 1, 0] = labels, np.tile(np.arange(30), 6)   # pixels name class and image
     write_bank(ClassBank(images, labels, tuple(f"s/{c}" for c in range(6))), str(tmp_path), "s", {})
     meta_train = ["s/0", "s/2", "s/3", "s/5"]
-    cfg = dataclasses.asdict(TrainConfig(tasks_per_step=2, num_workers=2, steps=10, stream_actors=1, stream_cpus=0.5,
-                                         ways=3, shots=2, queries=3, seed=0, window_rows=0, stream_cache_mb=16,
-                                         augment_p_class=0.0, augment_shift=0))
+    cfg = TrainConfig(tasks_per_step=2, num_workers=2, steps=10, stream_actors=1, stream_cpus=0.5, ways=3, shots=2,
+                      queries=3, seed=0, window_rows=0, stream_cache_mb=16, augment_p_class=0.0, augment_shift=0)
     stream = make_stream(cfg, [str(tmp_path)], meta_train, str(tmp_path / "no-run"))
     tasks = [s for batch in stream.iter_batches(batch_size=8, batch_format="numpy") for s in subdatasets(batch)]
     assert len(tasks) == 40
