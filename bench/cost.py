@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import platform
 import statistics
 import sys
@@ -37,7 +38,8 @@ from pudnet.model.targets import build
 GRIDS = {  # (arch, image size, K, S) of the prediction rows
     "cpu": [("convnet", 32, 10, 10), ("convnet", 32, 10, 100), ("convnet", 32, 100, 10), ("convnet", 32, 1000, 1),
             ("resnet18", 32, 10, 10), ("resnet18", 32, 10, 100), ("resnet18", 32, 100, 10), ("resnet18", 32, 1000, 1),
-            ("resnet18", 112, 10, 10), ("resnet18", 112, 100, 1)],
+            ("convnet", 112, 10, 10), ("convnet", 112, 100, 1), ("convnet", 112, 1000, 1),
+            ("resnet18", 112, 10, 10), ("resnet18", 112, 100, 1), ("resnet18", 112, 1000, 1)],
     "gpu": [("resnet18", r, k, 10) for r in (112, 224) for k in (10, 100, 1000)],
 }
 TINY = [("convnet", 16, 3, 2), ("resnet18", 16, 3, 2)]   # --tiny, either grid; its meta step uses the convnet
@@ -138,6 +140,8 @@ def markdown(result: dict, command: str) -> str:
              f"Device: {result['device']} ({result['name']}, {result['threads']} threads), torch {result['torch']}; "
              f"median of {result['repeats']} runs; Adam batch {result['batch']}. Untrained PudNet, ridge head, "
              "random pixels (cost does not depend on either).", "",
+             "1-minute load average {before:.1f} before the run and {after:.1f} after it, on {cpus} CPUs "
+             "(other jobs share the machine: absolute times scale with it).".format(**result["load_average"]), "",
              "| target | px | K | S | N | predict s | predict ms/image | Adam step ms/image | ratio | response MB |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
@@ -161,7 +165,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", help="Markdown file")
     parser.add_argument("--json", help="JSON file")
     args = parser.parse_args(argv)
+    load = os.getloadavg()[0]
     result = run(args.grid, args.tiny, min(args.batch, 8) if args.tiny else args.batch, args.repeats, args.meta_size)
+    result["load_average"] = {"before": load, "after": os.getloadavg()[0], "cpus": os.cpu_count()}
     text = markdown(result, " ".join(["python bench/cost.py", *(sys.argv[1:] if argv is None else argv)]))
     print(text)
     if args.out:

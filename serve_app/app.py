@@ -16,12 +16,12 @@ import time
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.serve import Application
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from starlette.exceptions import HTTPException
 
 from pudnet.data.tasks import ClassBank
@@ -65,8 +65,8 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
 
 
 async def _awaited(response):  # defined before the class: Serve pickles the ingress class as it is decorated
-    return await response
-
+    """A call's result; for a streamed call (``options(stream=True)``), its first item."""
+    return await (response.__anext__() if isinstance(response, DeploymentResponseGenerator) else response)
 
 @serve.deployment(name="PudNetGateway", max_ongoing_requests=64, ray_actor_options={"num_cpus": 0})
 @serve.ingress(app)
@@ -112,11 +112,15 @@ class PudNetGateway:
         body = await read_body(request, self.args.max_upload_bytes)
         is_json = request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json"
         left = ceiling - (time.monotonic() - start)
-        payload = await self._call(self.server.weights.remote(arch, out_format, dtype, body, is_json, left), left + 1)
-        if isinstance(payload, BadInput):
-            raise payload
-        return Response(payload, media_type="application/octet-stream",
-                        headers={"Content-Disposition": f'attachment; filename="weights.{out_format}"'})
+        stream = self.server.options(stream=True).weights.remote(arch, out_format, dtype, body, is_json, left)
+        size = await self._call(stream, left + 1)   # the file's size once it is computed, or the refusal
+        if isinstance(size, BadInput):
+            raise size
+        # the rest of the stream is the file, sent on as the replica serialises it; with its exact length
+        # announced, a download cut off midway (a replica lost) is detectable
+        return StreamingResponse(stream, media_type="application/octet-stream",
+                                 headers={"Content-Disposition": f'attachment; filename="weights.{out_format}"',
+                                          "Content-Length": str(size)})
 
     @app.get("/v1/models", response_model=ModelsResponse)
     async def models_http(self) -> ModelsResponse:

@@ -83,6 +83,8 @@ def read_npz(archive: zipfile.ZipFile, image_size: int, max_images: int, budget:
     else:
         values, labels = np.unique(labels, return_inverse=True)
         names = tuple(str(v) for v in values)
+    if images.shape[1:] == (image_size, image_size, 3):  # already what to_rgb_array returns (its resize and
+        return ClassBank(np.ascontiguousarray(images), labels.astype(np.int64), names)  # crop are identities)
     pixels = images[..., 0] if images.ndim == 4 and images.shape[3] == 1 else images
     resized = np.empty((len(pixels), image_size, image_size, 3), np.uint8)
     for row, p in enumerate(pixels):

@@ -6,6 +6,7 @@ Checkpoints are loaded once per replica and swapped in place when ``user_config`
 import asyncio
 import io
 import time
+from collections.abc import AsyncIterator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 
@@ -14,7 +15,6 @@ import torch
 from pydantic import ValidationError
 from ray import serve
 from ray.util import metrics
-from safetensors.torch import save as safetensors_bytes
 
 from pudnet.data.tasks import ClassBank
 from pudnet.model.predict import Prediction, predict, validate_dataset
@@ -25,6 +25,7 @@ from .export import exported_program
 from .inputs import read_upload
 from .paths import DatasetPath, load_path
 from .schemas import HotSwap, ModelInfo, ModelsResponse, ServeArgs
+from .streaming import SafetensorsStream
 
 
 class Metrics:
@@ -43,14 +44,6 @@ class Metrics:
 def _metrics() -> Metrics:
     """Created on first use inside the replica process, where the exception handlers also run."""
     return Metrics()
-
-
-def cast(state: dict[str, torch.Tensor], dtype: str) -> dict[str, torch.Tensor]:
-    """Floating weights in ``dtype`` (a lean response), BatchNorm running statistics kept float32: a variance
-    in float16 loses the precision that eval-mode normalisation divides by."""
-    target = getattr(torch, dtype)
-    return {k: v.to(target) if v.is_floating_point() and not k.endswith(("running_mean", "running_var")) else v
-            for k, v in state.items()}
 
 
 def describe(errors: list[dict]) -> str:
@@ -94,24 +87,30 @@ class PudNetServer:
         return predict(served.model, bank.images, bank.labels, bank.class_names, checkpoint_id=served.checkpoint_id)
 
     async def weights(self, arch: str, out_format: str, dtype: str, body: bytes, is_json: bool,
-                      seconds_left: float) -> bytes | BadInput:
-        """The weights file, or the refusal as a value (exceptions would reach the gateway wrapped)."""
+                      seconds_left: float) -> AsyncIterator[BadInput | int | bytes]:
+        """Streamed (``handle.options(stream=True)``): first the refusal as a value (exceptions would reach the
+        gateway wrapped) and nothing more, or the file's size in bytes; then the file in chunks."""
         limits = self.args
         budget = Budget(limits.max_image_pixels, limits.max_total_pixels, limits.max_request_seconds,
                         deadline=time.monotonic() + seconds_left)
         work = asyncio.get_running_loop().run_in_executor(
             self.compute, self._weights_file, arch, out_format, dtype, body, is_json, budget)
         try:
-            return await work
+            size, chunks = await work
         except BadInput as e:
-            return e
+            yield e
+            return
         except asyncio.CancelledError:  # client gone or gateway timed out: the compute loop stops at the next image
             budget.cancelled.set()
             raise
+        yield size
+        for chunk in chunks:  # tensors are cast chunk by chunk as the gateway takes them
+            yield chunk
 
     def _weights_file(self, arch: str, out_format: str, dtype: str, body: bytes, is_json: bool,
-                      budget: Budget) -> bytes:
-        """Decode, predict, serialise: the blocking part of a request, run on the compute thread."""
+                      budget: Budget) -> tuple[int, Iterable[bytes]]:
+        """Decode, predict, and plan the file: the blocking part of a request, run on the compute thread.
+        Returns the file's size and its chunks; safetensors chunks are produced as they are sent."""
         start = time.perf_counter()
         if dtype != "float32" and out_format != "safetensors":
             raise BadInput(400, "invalid_request", f"dtype={dtype} applies to format=safetensors; {out_format} "
@@ -136,15 +135,18 @@ class PudNetServer:
         metadata = {**prediction.metadata, "decode_seconds": f"{decoded - start:.6f}",
                     "server_seconds": f"{elapsed:.6f}"}
         if out_format == "safetensors":
-            state, metadata["dtype"] = cast(prediction.state_dict, dtype), dtype
+            metadata["dtype"] = dtype
             if dtype != "float32":
                 metadata["float32_tensors"] = "BatchNorm running_mean and running_var"
-            return safetensors_bytes(state, metadata)
+            stream = SafetensorsStream(prediction.state_dict, metadata, getattr(torch, dtype))
+            return len(stream), stream
         if out_format == "pt2":
-            return exported_program(prediction, served.model.cfg, metadata)
-        buffer = io.BytesIO()
-        torch.save({"state_dict": prediction.state_dict, "metadata": metadata}, buffer)
-        return buffer.getvalue()
+            data = exported_program(prediction, served.model.cfg, metadata)
+        else:
+            buffer = io.BytesIO()
+            torch.save({"state_dict": prediction.state_dict, "metadata": metadata}, buffer)
+            data = buffer.getvalue()
+        return len(data), [data]
 
     def models_info(self) -> ModelsResponse:
         models = [ModelInfo(arch=arch, checkpoint_uri=m.uri, checkpoint_id=m.checkpoint_id, max_classes=cfg.max_classes,

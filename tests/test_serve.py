@@ -263,6 +263,36 @@ def test_lean_response(server, digits, dtype, tolerance):
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_streamed_resnet18_file_loads_into_torchvision(server, digits, tmp_path, dtype):
+    """The safetensors response is streamed with its exact Content-Length; `pudnet predict` writes it to disk as it
+    arrives, and the file loads strictly into torchvision's ResNet-18 for every dtype."""
+    up = digits.upload
+    keep = np.concatenate([np.flatnonzero(up.labels == c)[:8] for c in range(3)])
+    (tmp_path / "upload.npz").write_bytes(npz_bytes(up.images[keep], up.labels[keep]))
+    with requests.post(server.url + "/v1/predict", data=(tmp_path / "upload.npz").read_bytes(), stream=True,
+                       params={"arch": "resnet18", "dtype": dtype}, timeout=120) as response:
+        assert response.status_code == 200, response.text
+        assert "chunked" not in response.headers.get("Transfer-Encoding", "")
+        declared, received = int(response.headers["Content-Length"]), sum(map(len, response.iter_content(1 << 16)))
+    assert received == declared
+    out = tmp_path / "weights.safetensors"
+    assert cli_main(["predict", "--endpoint", server.url, "--data", str(tmp_path / "upload.npz"), "--arch", "resnet18",
+                     "--dtype", dtype, "--out", str(out)]) == 0
+    assert out.stat().st_size == declared
+    state, metadata = read_weights(out.read_bytes())
+    assert metadata["dtype"] == dtype
+    assert {str(v.dtype) for k, v in state.items() if k.endswith("conv1.weight")} == {f"torch.{dtype}"}
+    net = torchvision.models.resnet18(num_classes=3)
+    net.load_state_dict(state)  # strict; copies cast back into the float32 parameters
+    net.eval()
+    norm = json.loads(metadata["normalization"])
+    with torch.no_grad():
+        logits = net(to_tensor(up.images[keep], norm["mean"], norm["std"]))
+    assert logits.shape == (24, 3) and torch.isfinite(logits).all()
+
+
+@pytest.mark.integration
 def test_cli_round_trip(server, digits, tmp_path):
     up = digits.upload
     keep = np.concatenate([np.flatnonzero(up.labels == c)[:20] for c in range(len(digits.names))])

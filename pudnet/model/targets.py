@@ -180,8 +180,12 @@ class TargetRunner:
         def hook(module, inputs, output):
             if self._stats is not None:  # biased variance: eval() on the support set then equals train()
                 x = inputs[0]
-                self._stats[f"{name}.running_mean"] = x.mean(dim=(0, 2, 3))
-                self._stats[f"{name}.running_var"] = x.var(dim=(0, 2, 3), unbiased=False)
+                mean = x.mean(dim=(0, 2, 3))
+                if torch.is_grad_enabled():  # meta-training: var() keeps no extra activation for backward
+                    var = x.var(dim=(0, 2, 3), unbiased=False)
+                else:  # prediction: two passes, same result, 3-4x faster than var() over (N, H, W) on the CPU
+                    var = (x - mean[:, None, None]).square_().mean(dim=(0, 2, 3))
+                self._stats[f"{name}.running_mean"], self._stats[f"{name}.running_var"] = mean, var
         return hook
 
     def _head_hook(self, module, inputs):

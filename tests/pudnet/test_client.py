@@ -23,6 +23,7 @@ class Stub(BaseHTTPRequestHandler):
     requests: list[dict] = []
     reply = (200, "application/octet-stream", WEIGHTS)
     before: list[tuple] = []  # replies (status, content type, body) given first, one per request, then ``reply``
+    cut: int | None = None    # send only this many body bytes, then close: a stream broken off midway
 
     def do_POST(self):
         chunked = self.headers.get("Transfer-Encoding") == "chunked"
@@ -37,7 +38,8 @@ class Stub(BaseHTTPRequestHandler):
         self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
-        self.wfile.write(payload)
+        self.wfile.write(payload[:Stub.cut])
+        self.close_connection = Stub.cut is not None
 
     def log_message(self, *args):
         pass
@@ -48,7 +50,7 @@ def stub():
     server = ThreadingHTTPServer(("127.0.0.1", 0), Stub)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    Stub.requests, Stub.reply, Stub.before = [], (200, "application/octet-stream", WEIGHTS), []
+    Stub.requests, Stub.reply, Stub.before, Stub.cut = [], (200, "application/octet-stream", WEIGHTS), [], None
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
@@ -142,6 +144,15 @@ def test_server_error_is_shown_and_nothing_written(stub, folder, tmp_path, capsy
     out = tmp_path / "w.safetensors"
     assert client.main(["predict", "--endpoint", stub, "--data", str(folder), "--out", str(out)]) == 1
     assert "(413): upload_too_large: limit is 1 MiB" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [folder]
+
+
+def test_download_cut_off_midway_is_an_error_and_nothing_written(stub, folder, tmp_path, capsys):
+    """The server streams the file with its Content-Length: a stream that breaks off is caught, not saved."""
+    Stub.cut = len(WEIGHTS) // 2
+    out = tmp_path / "w.safetensors"
+    assert cli.main(["predict", "--endpoint", stub, "--data", str(folder), "--out", str(out), "--retries", "0"]) == 1
+    assert "broke off" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == [folder]
 
 

@@ -50,8 +50,10 @@ def test_pt2_matches_the_state_dict_in_a_clean_process(arch, kwargs, tmp_path):
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_lean_weights_keep_batchnorm_statistics_float32(dtype):
-    """A cast response loads into a float32 target with load_state_dict and gives nearly the same logits."""
-    from serve_app.server import cast
+    """A cast response, streamed as the server streams it, loads into a float32 target with load_state_dict and
+    gives nearly the same logits."""
+    from safetensors.torch import load
+    from serve_app.streaming import SafetensorsStream
     torch.manual_seed(0)
     net = targets.build("convnet", 3, depth=2, width=8)
     for module in net.modules():
@@ -59,7 +61,7 @@ def test_lean_weights_keep_batchnorm_statistics_float32(dtype):
             module.running_mean.uniform_(-1, 1)
             module.running_var.uniform_(0.5, 2)
     state = net.state_dict()
-    lean = cast(state, dtype)
+    lean = load(b"".join(SafetensorsStream(state, {}, getattr(torch, dtype), chunk_bytes=256)))
     assert all(v.dtype == torch.float32 for k, v in lean.items() if k.endswith(("running_mean", "running_var")))
     assert all(v.dtype == getattr(torch, dtype) for k, v in lean.items()
                if v.is_floating_point() and not k.endswith(("running_mean", "running_var")))

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from archives import tar_gz_of, zip_of
+from pudnet.datasets import to_rgb_array
 from serve_app.budget import BadInput, Budget, decode_budgeted, inside
 from serve_app.checkpoints import CheckpointError, newest_checkpoint
 from serve_app.inputs import member_parts, read_upload
@@ -135,6 +136,14 @@ def _npy(array: np.ndarray) -> bytes:
 @pytest.mark.parametrize("shape", [(4, 3, 32, 4), (4, 1, 8, 3), (4, 8, 8, 2), (4, 8), (0, 8, 8)])
 def test_non_hwc_layouts_are_refused(shape):
     refused(lambda: check_image_layout(shape, 50, budget()), 400, "invalid_npz", str(shape))
+
+
+def test_npz_at_the_model_size_is_taken_as_sent_and_matches_the_decoder():
+    """The fast path for (N, R, R, 3) uint8 skips decoding; it gives what to_rgb_array would have."""
+    images = np.random.default_rng(0).integers(0, 256, (6, SIZE, SIZE, 3), dtype=np.uint8)
+    bank = upload(npz_of(images=images, labels=np.arange(6) % 2))
+    assert np.array_equal(bank.images, images)
+    assert all(np.array_equal(to_rgb_array(Image.fromarray(i), SIZE), i) for i in images)
 
 
 def test_channels_first_npz_names_the_fix():
