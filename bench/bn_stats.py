@@ -22,10 +22,11 @@ import sys
 import numpy as np
 import torch
 
-from pudnet import PudNet, PudNetConfig, checkpoint
-from pudnet.data import to_tensor
-from pudnet.datasets import load_class_bank
-from pudnet.predict import predict
+from pudnet import PudNet, PudNetConfig
+from pudnet.model import checkpoint
+from pudnet.data.tasks import to_tensor
+from pudnet.data.sources import load_class_bank
+from pudnet.model.predict import predict
 
 SOURCES = ["digits", "mnist", "animal_mnist", "fashion_mnist", "emoji", "openclipart"]
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from archives import tar_gz_of, zip_of
-from pudnet.datasets import to_rgb_array
+from pudnet.data.sources import to_rgb_array
 from serve_app.budget import BadInput, Budget, decode_budgeted, inside
 from serve_app.checkpoints import CheckpointError, newest_checkpoint
 from serve_app.inputs import member_parts, read_upload

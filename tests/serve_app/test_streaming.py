@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import load, save
 
-from pudnet import targets
+from pudnet.model import targets
 from serve_app.streaming import SafetensorsStream
 
 
