@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import importlib.metadata
 import json
 import re
@@ -42,7 +43,8 @@ def split_group(class_name: str) -> str:
     """The group a class moves with when classes are split into meta-train and held-out, so near-identical
     classes never straddle the split: a letter with its other case and its accented forms (``A a À á`` ->
     ``letter:a``), ``I l 1 |`` together and ``0`` with ``O o``; a digit across handwritten and typeset
-    sources (``mnist/3``, ``digits/3``, ``glyphs/U+0033 digit three`` -> ``digit:3``); an icon with the icons
+    sources (``mnist/3``, ``digits/3``, ``glyphs/U+0033 digit three`` -> ``digit:3``; ``mnist/0`` goes
+    with ``O``); an icon with the icons
     sharing its first name part (``folder``, ``folder-music`` -> ``icon:folder``); an emoji subgroup across
     emoji sources (``emoji/animal-bird``, ``emoji_sets/animal-bird`` -> ``emoji:animal-bird``). Any other
     class is its own group."""
@@ -51,8 +53,8 @@ def split_group(class_name: str) -> str:
         char = chr(int(name[2:].split()[0], 16))
         base = _CONFUSABLE.get(char, unicodedata.normalize("NFKD", char)[0].casefold())
         source, name = ("digit", base) if base.isdigit() else ("letter", base) if base.isalpha() else (source, name)
-    elif source in _DIGIT_SOURCES and name.isdigit():
-        source = "digit"
+    elif source in _DIGIT_SOURCES and name.isdigit():   # with its typeset glyph's group: 0 with O, 1 with l
+        source, name = ("letter", _CONFUSABLE[name]) if name in _CONFUSABLE else ("digit", name)
     elif source == "icons":
         source, name = "icon", name.split("-")[0]
     elif source in ("emoji", "emoji_sets"):
@@ -62,23 +64,32 @@ def split_group(class_name: str) -> str:
 
 def split_classes_by_group(class_names: Sequence[str], heldout_sources: Sequence[str], intra_fraction: float,
                            min_intra: int, seed: int) -> ClassSplit:
-    """:func:`pudnet.data.split_classes` drawing whole :func:`split_group` groups: left-out sources whole, then
-    about ``intra_fraction`` of the other classes (>= ``min_intra``) in seeded-random groups, so no group
-    straddles meta-train and intra-test. ValueError if that would leave nothing to meta-train on."""
+    """:func:`pudnet.data.split_classes` drawing whole :func:`split_group` groups, so no group straddles
+    meta-train and intra-test: left-out sources whole, then every other group whose seeded score
+    (:func:`group_score`) is below ``intra_fraction``, then further groups in score order while fewer than
+    ``min_intra`` classes are held out. A group's fate depends only on its name and the seed, never on which
+    other sources are present: adding the class bank keeps the default sources' held-out classes.
+    ValueError if that would leave nothing to meta-train on."""
     inter = sorted(n for n in class_names if n.split("/", 1)[0] in heldout_sources)
     rest = sorted(set(class_names) - set(inter))
     groups: dict[str, list[str]] = {}
     for name in rest:
         groups.setdefault(split_group(name), []).append(name)
-    target, intra = max(min_intra, round(intra_fraction * len(rest))), []
-    for g in np.random.default_rng(seed).permutation(sorted(groups)):
-        if len(intra) >= target:
+    intra = []
+    for g in sorted(groups, key=lambda g: (group_score(g, seed), g)):
+        if group_score(g, seed) >= intra_fraction and len(intra) >= min_intra:
             break
         intra += groups[g]
     if len(intra) >= len(rest):
         raise ValueError(f"{len(rest)} classes in {len(groups)} split groups outside the left-out sources: too few "
-                         f"to hold out {target} and still meta-train; add sources or lower intra_fraction/min_intra")
+                         f"to hold out {max(min_intra, round(intra_fraction * len(rest)))} and still meta-train; "
+                         "add sources or lower intra_fraction/min_intra")
     return ClassSplit(tuple(n for n in rest if n not in set(intra)), tuple(sorted(intra)), tuple(inter), seed)
+
+
+def group_score(group: str, seed: int) -> float:
+    """A split group's seeded score, uniform in [0, 1): a hash of (seed, group), the same on every machine."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{group}".encode()).digest()[:8], "big") / 2 ** 64
 
 
 @functools.cache
