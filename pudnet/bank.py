@@ -3,15 +3,19 @@
 
     python -m pudnet.bank montage icons --out icons.png   # rows of one class each, its name and image count
     python -m pudnet.bank summary                         # classes, images, domain and versions per source
+    python -m pudnet.bank summary --workers 2             # render missing sources' caches in 2 processes first
 """
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import functools
 import hashlib
 import importlib.metadata
 import json
+import multiprocessing
 import re
+import time
 import unicodedata
 from pathlib import Path
 from typing import Sequence
@@ -21,7 +25,7 @@ from PIL import Image, ImageDraw
 
 from pudnet.bank_sources import FONT_PACKAGES, ICON_THEMES, SEED, SourceUnavailable, npm_dir
 from pudnet.data import ClassBank, ClassSplit
-from pudnet.datasets import SOURCES, load_class_bank
+from pudnet.datasets import SOURCES, cache_path, default_cache_dir, load_class_bank
 
 PROVENANCE = {  # source: (domain, packages, licence as the packages' copyright files state it)
     "digits": ("handwritten digits", ("scikit-learn",), "BSD-3-Clause (data: UCI)"),
@@ -142,6 +146,29 @@ def montage(bank: ClassBank, out: str | Path, classes: int = 24, per_class: int 
     return Path(out)
 
 
+def _render_one(source: str, image_size: int, max_per_class: int | None) -> tuple[str, dict[str, str], float]:
+    start = time.perf_counter()
+    try:
+        _, missing = load_class_bank([source], image_size, max_per_class)
+    except SourceUnavailable as e:
+        missing = {source: str(e)}
+    return source, missing, time.perf_counter() - start
+
+
+def render(sources: Sequence[str], image_size: int, max_per_class: int | None, workers: int) -> dict[str, float]:
+    """Render the sources whose cache is missing, ``workers`` processes at a time, biggest first (a source
+    renders serially: its de-duplication is one ordered pass), so a cold setup uses every core.
+    Returns {source rendered: seconds}; a source that is not installed is left for the caller to report."""
+    todo = [s for s in sources if not cache_path(default_cache_dir(), s, image_size, max_per_class).exists()]
+    todo.sort(key=lambda s: (s not in ("glyphs", "icons", "symbols", "emoji_sets"), s))
+    if workers <= 1 or len(todo) <= 1:
+        done = [_render_one(s, image_size, max_per_class) for s in todo]
+        return {s: sec for s, missing, sec in done if not missing}
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        done = pool.map(_render_one, todo, [image_size] * len(todo), [max_per_class] * len(todo))
+        return {s: sec for s, missing, sec in done if not missing}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pudnet.bank", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -150,13 +177,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     draw.add_argument("--out", required=True)
     draw.add_argument("--classes", type=int, default=24)
     draw.add_argument("--size", type=int, default=32)
-    sub.add_parser("summary", help="classes, images, domain and package versions of every available source")
+    summary = sub.add_parser("summary", help="classes, images, domain and package versions of every available source")
+    summary.add_argument("--workers", type=int, default=1, help="processes rendering missing sources' caches")
     args = parser.parse_args(argv)
     if args.command == "montage":
         bank, missing = load_class_bank([args.source], args.size, 1000)
         print(montage(bank, args.out, args.classes))
         return
+    start = time.perf_counter()
+    for s, seconds in render(list(SOURCES), 32, 1000, args.workers).items():
+        print(f"bank: rendered {s} in {seconds:.0f} s", flush=True)
     bank, missing = load_class_bank(list(SOURCES), 32, 1000)
+    print(f"bank: sources ready in {time.perf_counter() - start:.0f} s ({args.workers} processes)")
     sources = [s for s in SOURCES if s not in missing]
     for s in sources:
         n = sum(1 for name in bank.class_names if name.startswith(f"{s}/"))

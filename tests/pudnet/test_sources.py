@@ -206,3 +206,12 @@ def test_training_class_split_is_by_group_and_written_once(tmp_path):
         {n.split("/")[1] for n in split.intra_test if n.startswith("digits/")}
     assert len(list(tmp_path.glob("class_split-*.json"))) == 1
     assert class_split(str(tmp_path), names[::-1], ["fashion_mnist"], 0.3, 2, seed=0) == split
+
+
+def test_render_fills_missing_caches_in_worker_processes(monkeypatch, tmp_path):
+    monkeypatch.setenv("PUDNET_CACHE_DIR", str(tmp_path))      # the spawned workers inherit it
+    done = bank.render(["digits", "emoji_sets"], 8, 30, workers=2)   # emoji_sets: no npm packages under tmp_path
+    assert set(done) == {"digits"} and done["digits"] > 0
+    assert datasets.cache_path(tmp_path, "digits", 8, 30).exists()
+    assert not datasets.cache_path(tmp_path, "emoji_sets", 8, 30).exists()
+    assert bank.render(["digits"], 8, 30, workers=2) == {}      # cached: nothing to do
