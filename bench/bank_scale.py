@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             roots, split, classes = training_data(cfg)
             missing = set(DEFAULT_SOURCES + BANK_SOURCES) - {m.source for m in Catalog(roots).manifests}
             if missing:
-                raise RuntimeError(f"sources {sorted(missing)} are not installed; run PUDNET_BANK=full bash scripts/setup.sh")
+                raise RuntimeError(f"sources {sorted(missing)} are not installed; run bash scripts/setup.sh")
             for i, (name, subset) in enumerate(tiers(classes, args.mid, args.seed).items()):
                 start = time.perf_counter()
                 result = fit(dataclasses.replace(cfg, name=f"bank-scale-{i}"), roots, split, subset)
