@@ -1,7 +1,7 @@
 """Does a bigger class bank transfer better (issue 10)? Meta-train the training job's own recipe, same steps,
 seed 0, on three nested class sets, then evaluate every model on the same held-out classes.
 
-    python bench/bank_scale.py                     # 600 steps per run, 3 runs + evaluation: about 45 min on 2 busy cores
+    python bench/bank_scale.py                     # 600 steps per run, 3 runs + evaluation: 57 min on 2 cores at load 13-24
     python bench/bank_scale.py --steps 20 --tasks 5 --out /tmp/t.md    # a quick look that the pipeline runs
 
 One class split serves all three runs: the training job's own (``jobs/train.py training_data``: split groups,
