@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install pudnet and its embedded datasets on a fresh machine (Linux or macOS, Python >= 3.10).
-#   bash scripts/setup.sh                    # the package, its test tools and the default sources
-#   PUDNET_BANK=full bash scripts/setup.sh   # also the class bank (issue 10): icon themes, fonts, emoji sets
+#   bash scripts/setup.sh                       # the package, its test tools, the default sources and the class
+#                                               # bank (issue 10): icon themes, fonts, emoji sets
+#   PUDNET_BANK=default bash scripts/setup.sh   # opt out of the bank: the 6 default sources only
 # PyPI alone gives the embedded default (digits, MNIST-5k, Animal-MNIST). Where apt-get works as root, the
 # Debian-packaged sources are added (Fashion-MNIST, Openclipart, Noto emoji); elsewhere they are reported missing.
 # The bank adds 17 icon themes and 64 font packages (apt, root only), cairosvg (PyPI) and two emoji sets (npm,
@@ -9,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-BANK=${PUDNET_BANK:-default}
+BANK=${PUDNET_BANK:-full}
 "$PY" -m pip install -q -e ".[dev]"
 # animal-mnist's metadata asks for tensorflow, which its data files do not need
 "$PY" -m pip install -q --no-deps animal-mnist
@@ -40,7 +41,7 @@ if [ "$BANK" = full ]; then
   else
     echo "setup: npm not found; source emoji_sets skipped" >&2
   fi
-  "$PY" -m pudnet.data.bank summary
+  "$PY" -m pudnet.data.bank summary --workers 2   # renders the missing caches, two sources at a time
 else
   "$PY" - <<'PY'
 from pudnet.data.sources import DEFAULT_SOURCES, load_class_bank

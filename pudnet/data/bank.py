@@ -3,14 +3,19 @@
 
     python -m pudnet.data.bank montage icons --out icons.png   # rows of one class each, its name and image count
     python -m pudnet.data.bank summary                         # classes, images, domain and versions per source
+    python -m pudnet.data.bank summary --workers 2             # render missing sources' caches in 2 processes first
 """
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import functools
+import hashlib
 import importlib.metadata
 import json
+import multiprocessing
 import re
+import time
 import unicodedata
 from pathlib import Path
 from typing import Sequence
@@ -20,7 +25,7 @@ from PIL import Image, ImageDraw
 
 from pudnet.data.bank_sources import FONT_PACKAGES, ICON_THEMES, SEED, SourceUnavailable, npm_dir
 from pudnet.data.tasks import ClassBank, ClassSplit
-from pudnet.data.sources import SOURCES, load_class_bank
+from pudnet.data.sources import SOURCES, cache_path, default_cache_dir, load_class_bank
 
 PROVENANCE = {  # source: (domain, packages, licence as the packages' copyright files state it)
     "digits": ("handwritten digits", ("scikit-learn",), "BSD-3-Clause (data: UCI)"),
@@ -42,7 +47,8 @@ def split_group(class_name: str) -> str:
     """The group a class moves with when classes are split into meta-train and held-out, so near-identical
     classes never straddle the split: a letter with its other case and its accented forms (``A a À á`` ->
     ``letter:a``), ``I l 1 |`` together and ``0`` with ``O o``; a digit across handwritten and typeset
-    sources (``mnist/3``, ``digits/3``, ``glyphs/U+0033 digit three`` -> ``digit:3``); an icon with the icons
+    sources (``mnist/3``, ``digits/3``, ``glyphs/U+0033 digit three`` -> ``digit:3``; ``mnist/0`` goes
+    with ``O``); an icon with the icons
     sharing its first name part (``folder``, ``folder-music`` -> ``icon:folder``); an emoji subgroup across
     emoji sources (``emoji/animal-bird``, ``emoji_sets/animal-bird`` -> ``emoji:animal-bird``). Any other
     class is its own group."""
@@ -51,8 +57,8 @@ def split_group(class_name: str) -> str:
         char = chr(int(name[2:].split()[0], 16))
         base = _CONFUSABLE.get(char, unicodedata.normalize("NFKD", char)[0].casefold())
         source, name = ("digit", base) if base.isdigit() else ("letter", base) if base.isalpha() else (source, name)
-    elif source in _DIGIT_SOURCES and name.isdigit():
-        source = "digit"
+    elif source in _DIGIT_SOURCES and name.isdigit():   # with its typeset glyph's group: 0 with O, 1 with l
+        source, name = ("letter", _CONFUSABLE[name]) if name in _CONFUSABLE else ("digit", name)
     elif source == "icons":
         source, name = "icon", name.split("-")[0]
     elif source in ("emoji", "emoji_sets"):
@@ -62,23 +68,32 @@ def split_group(class_name: str) -> str:
 
 def split_classes_by_group(class_names: Sequence[str], heldout_sources: Sequence[str], intra_fraction: float,
                            min_intra: int, seed: int) -> ClassSplit:
-    """:func:`pudnet.data.tasks.split_classes` drawing whole :func:`split_group` groups: left-out sources whole, then
-    about ``intra_fraction`` of the other classes (>= ``min_intra``) in seeded-random groups, so no group
-    straddles meta-train and intra-test. ValueError if that would leave nothing to meta-train on."""
+    """:func:`pudnet.data.tasks.split_classes` drawing whole :func:`split_group` groups, so no group straddles
+    meta-train and intra-test: left-out sources whole, then every other group whose seeded score
+    (:func:`group_score`) is below ``intra_fraction``, then further groups in score order while fewer than
+    ``min_intra`` classes are held out. A group's fate depends only on its name and the seed, never on which
+    other sources are present: adding the class bank keeps the default sources' held-out classes.
+    ValueError if that would leave nothing to meta-train on."""
     inter = sorted(n for n in class_names if n.split("/", 1)[0] in heldout_sources)
     rest = sorted(set(class_names) - set(inter))
     groups: dict[str, list[str]] = {}
     for name in rest:
         groups.setdefault(split_group(name), []).append(name)
-    target, intra = max(min_intra, round(intra_fraction * len(rest))), []
-    for g in np.random.default_rng(seed).permutation(sorted(groups)):
-        if len(intra) >= target:
+    intra = []
+    for g in sorted(groups, key=lambda g: (group_score(g, seed), g)):
+        if group_score(g, seed) >= intra_fraction and len(intra) >= min_intra:
             break
         intra += groups[g]
     if len(intra) >= len(rest):
         raise ValueError(f"{len(rest)} classes in {len(groups)} split groups outside the left-out sources: too few "
-                         f"to hold out {target} and still meta-train; add sources or lower intra_fraction/min_intra")
+                         f"to hold out {max(min_intra, round(intra_fraction * len(rest)))} and still meta-train; "
+                         "add sources or lower intra_fraction/min_intra")
     return ClassSplit(tuple(n for n in rest if n not in set(intra)), tuple(sorted(intra)), tuple(inter), seed)
+
+
+def group_score(group: str, seed: int) -> float:
+    """A split group's seeded score, uniform in [0, 1): a hash of (seed, group), the same on every machine."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{group}".encode()).digest()[:8], "big") / 2 ** 64
 
 
 @functools.cache
@@ -131,6 +146,29 @@ def montage(bank: ClassBank, out: str | Path, classes: int = 24, per_class: int 
     return Path(out)
 
 
+def _render_one(source: str, image_size: int, max_per_class: int | None) -> tuple[str, dict[str, str], float]:
+    start = time.perf_counter()
+    try:
+        _, missing = load_class_bank([source], image_size, max_per_class)
+    except SourceUnavailable as e:
+        missing = {source: str(e)}
+    return source, missing, time.perf_counter() - start
+
+
+def render(sources: Sequence[str], image_size: int, max_per_class: int | None, workers: int) -> dict[str, float]:
+    """Render the sources whose cache is missing, ``workers`` processes at a time, biggest first (a source
+    renders serially: its de-duplication is one ordered pass), so a cold setup uses every core.
+    Returns {source rendered: seconds}; a source that is not installed is left for the caller to report."""
+    todo = [s for s in sources if not cache_path(default_cache_dir(), s, image_size, max_per_class).exists()]
+    todo.sort(key=lambda s: (s not in ("glyphs", "icons", "symbols", "emoji_sets"), s))
+    if workers <= 1 or len(todo) <= 1:
+        done = [_render_one(s, image_size, max_per_class) for s in todo]
+        return {s: sec for s, missing, sec in done if not missing}
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        done = pool.map(_render_one, todo, [image_size] * len(todo), [max_per_class] * len(todo))
+        return {s: sec for s, missing, sec in done if not missing}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pudnet.data.bank", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -139,13 +177,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     draw.add_argument("--out", required=True)
     draw.add_argument("--classes", type=int, default=24)
     draw.add_argument("--size", type=int, default=32)
-    sub.add_parser("summary", help="classes, images, domain and package versions of every available source")
+    summary = sub.add_parser("summary", help="classes, images, domain and package versions of every available source")
+    summary.add_argument("--workers", type=int, default=1, help="processes rendering missing sources' caches")
     args = parser.parse_args(argv)
     if args.command == "montage":
         bank, missing = load_class_bank([args.source], args.size, 1000)
         print(montage(bank, args.out, args.classes))
         return
+    start = time.perf_counter()
+    for s, seconds in render(list(SOURCES), 32, 1000, args.workers).items():
+        print(f"bank: rendered {s} in {seconds:.0f} s", flush=True)
     bank, missing = load_class_bank(list(SOURCES), 32, 1000)
+    print(f"bank: sources ready in {time.perf_counter() - start:.0f} s ({args.workers} processes)")
     sources = [s for s in SOURCES if s not in missing]
     for s in sources:
         n = sum(1 for name in bank.class_names if name.startswith(f"{s}/"))

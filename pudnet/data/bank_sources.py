@@ -252,7 +252,7 @@ def npm_dir(package: str) -> Path:
     path = default_cache_dir() / "npm" / "node_modules" / package
     if not (path / "package.json").exists():
         raise SourceUnavailable(f"npm package {package!r} not found at {path}; run `npm install --prefix "
-                                f"{default_cache_dir() / 'npm'} {package}`, as `PUDNET_BANK=full bash scripts/setup.sh` does")
+                                f"{default_cache_dir() / 'npm'} {package}`, as `bash scripts/setup.sh` does")
     return path
 
 

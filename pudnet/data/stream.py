@@ -14,7 +14,8 @@ from typing import Sequence
 import numpy as np
 
 from .augment import augment
-from .tasks import ClassSplit, SubDataset, split_classes, task_shape
+from .bank import split_classes_by_group
+from .tasks import ClassSplit, SubDataset, task_shape
 from .shards import BlockReader, Catalog
 from pudnet.files import filesystem, join
 
@@ -122,13 +123,15 @@ def subdatasets(batch: dict[str, np.ndarray]) -> list[SubDataset]:
 
 def class_split(data_dir: str, class_names: Sequence[str], heldout_sources: Sequence[str], intra_fraction: float,
                 min_intra: int, seed: int) -> ClassSplit:
-    """The class split of these classes and settings: read from ``data_dir`` if there, else made and written there."""
-    key = json.dumps([sorted(class_names), sorted(heldout_sources), intra_fraction, min_intra, seed])
+    """The class split of these classes and settings: read from ``data_dir`` if there, else made and written there.
+    Classes move in :func:`pudnet.data.bank.split_group` groups, so near-identical classes (a digit across sources,
+    a letter's cases, an icon name's variants) never straddle meta-train and intra-test."""
+    key = json.dumps(["groups", sorted(class_names), sorted(heldout_sources), intra_fraction, min_intra, seed])
     fs, path = filesystem(join(data_dir, f"class_split-{zlib.crc32(key.encode()):08x}.json"))
     if fs.get_file_info(path).size:
         with fs.open_input_stream(path) as f:
             return ClassSplit.from_json(f.read().decode())
-    split = split_classes(class_names, heldout_sources, intra_fraction, min_intra, seed)
+    split = split_classes_by_group(class_names, heldout_sources, intra_fraction, min_intra, seed)
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with fs.open_output_stream(path) as f:
         f.write(split.to_json().encode())

@@ -138,7 +138,7 @@ def test_load_emoji_sets_without_npm_names_the_install(monkeypatch, tmp_path):
     ("glyphs/U+0041 latin capital letter a", "letter:a"), ("glyphs/U+0061 latin small letter a", "letter:a"),
     ("glyphs/U+00C1 latin capital letter a with acute", "letter:a"), ("glyphs/U+0033 digit three", "digit:3"),
     ("glyphs/U+0049 latin capital letter i", "letter:l"), ("glyphs/U+0031 digit one", "letter:l"),
-    ("symbols/U+007C vertical line", "letter:l"), ("glyphs/U+0030 digit zero", "letter:o"), ("mnist/0", "digit:0"),
+    ("symbols/U+007C vertical line", "letter:l"), ("glyphs/U+0030 digit zero", "letter:o"), ("mnist/0", "letter:o"),
     ("mnist/3", "digit:3"), ("digits/3", "digit:3"), ("symbols/U+0025 percent sign", "symbols:U+0025 percent sign"),
     ("icons/folder-music", "icon:folder"), ("icons/folder", "icon:folder"),
     ("emoji/animal-bird", "emoji:animal-bird"), ("emoji_sets/animal-bird", "emoji:animal-bird"),
@@ -179,7 +179,39 @@ def test_split_classes_by_group_keeps_near_identical_classes_together():
     assert split.inter_test == ("fashion_mnist/x", "fashion_mnist/y", "fashion_mnist/z")
     assert sorted(split.meta_train + split.intra_test) == sorted(names[:-3])
     train_groups, test_groups = ({split_group(n) for n in part} for part in (split.meta_train, split.intra_test))
-    assert not train_groups & test_groups and 9 <= len(split.intra_test) <= 11
+    assert not train_groups & test_groups and len(split.intra_test) >= 2
+    assert test_groups == {g for g in train_groups | test_groups if bank.group_score(g, 0) < 0.3}
     assert split == bank.split_classes_by_group(names[::-1], ["fashion_mnist"], 0.3, 2, seed=0)
     with pytest.raises(ValueError, match="too few"):
         bank.split_classes_by_group(names[:2], [], 0.5, 1, seed=0)
+
+
+def test_split_classes_by_group_keeps_a_sources_held_out_classes_when_sources_are_added():
+    default = [f"mnist/{d}" for d in range(10)] + [f"emoji/sub{i}" for i in range(20)] + ["fashion_mnist/x"]
+    more = default + [f"glyphs/U+{0x30 + d:04X} digit" for d in range(10)] + [f"icons/app{i}" for i in range(200)]
+    small, big = (bank.split_classes_by_group(names, ["fashion_mnist"], 0.2, 3, seed=0) for names in (default, more))
+    assert [c for c in big.intra_test if c in default] == list(small.intra_test)
+    digits_out = {c.split("/")[1] for c in small.intra_test if c.startswith("mnist/")}
+    assert {c for c in big.intra_test if c.startswith("glyphs/")} == {f"glyphs/U+{0x30 + int(d):04X} digit"
+                                                                     for d in digits_out}   # 0 and 1 too
+    assert 0.1 < len(big.intra_test) / len(big.meta_train + big.intra_test) < 0.3
+
+
+def test_training_class_split_is_by_group_and_written_once(tmp_path):
+    from pudnet.data.stream import class_split
+    names = [f"mnist/{d}" for d in range(10)] + [f"digits/{d}" for d in range(10)] + ["fashion_mnist/x"]
+    split = class_split(str(tmp_path), names, ["fashion_mnist"], 0.3, 2, seed=0)
+    assert split == bank.split_classes_by_group(names, ["fashion_mnist"], 0.3, 2, seed=0)
+    assert {n.split("/")[1] for n in split.intra_test if n.startswith("mnist/")} == \
+        {n.split("/")[1] for n in split.intra_test if n.startswith("digits/")}
+    assert len(list(tmp_path.glob("class_split-*.json"))) == 1
+    assert class_split(str(tmp_path), names[::-1], ["fashion_mnist"], 0.3, 2, seed=0) == split
+
+
+def test_render_fills_missing_caches_in_worker_processes(monkeypatch, tmp_path):
+    monkeypatch.setenv("PUDNET_CACHE_DIR", str(tmp_path))      # the spawned workers inherit it
+    done = bank.render(["digits", "emoji_sets"], 8, 30, workers=2)   # emoji_sets: no npm packages under tmp_path
+    assert set(done) == {"digits"} and done["digits"] > 0
+    assert datasets.cache_path(tmp_path, "digits", 8, 30).exists()
+    assert not datasets.cache_path(tmp_path, "emoji_sets", 8, 30).exists()
+    assert bank.render(["digits"], 8, 30, workers=2) == {}      # cached: nothing to do

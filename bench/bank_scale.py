@@ -1,0 +1,202 @@
+"""Does a bigger class bank transfer better (issue 10)? Meta-train the training job's own recipe, same steps,
+seed 0, on three nested class sets, then evaluate every model on the same held-out classes.
+
+    python bench/bank_scale.py                     # 600 steps per run, 3 runs + evaluation: 57 min on 2 cores at load 13-24
+    python bench/bank_scale.py --steps 20 --tasks 5 --out /tmp/t.md    # a quick look that the pipeline runs
+
+One class split serves all three runs: the training job's own (``jobs/train.py training_data``: split groups,
+``pudnet.data.bank.split_classes_by_group``) over the 6 default sources plus the class bank (icons, glyphs,
+symbols, emoji_sets), Fashion-MNIST left out whole. The runs meta-train on nested subsets of its meta-train
+classes: the default sources' only; those plus a seeded sample of bank classes (``--mid`` in all); all of them.
+So every model is scored on identical held-out sets:
+
+- intra (default sources): the held-out classes of the 6 default sources, the setting today's tables report;
+- intra (all): every held-out class, bank classes included;
+- inter: Fashion-MNIST.
+
+Protocols: 5-way 10-shot sub-datasets (``--tasks`` per setting) and the whole-dataset protocol (``pudnet.evaluation.whole``,
+S = 10 and 100). Baselines that do not depend on the meta-trained weights (nearest class mean on pixels,
+random net + class-mean head, random init) are run with every model; the costly ones (random net + ridge head;
+Adam from scratch, in the whole-dataset protocol only) with the first model only: their tasks and seeds are the
+same for all three.
+Writes Markdown to ``--out``, the numbers to its ``.json`` twin and inter accuracy against class count to ``--plot``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # a checkout that is not pip-installed
+
+from jobs import evaluate  # noqa: E402
+from jobs.connect import ray_cluster  # noqa: E402
+from jobs.train import fit, load_config, training_data  # noqa: E402
+from pudnet.data.sources import BANK_SOURCES, DEFAULT_SOURCES  # noqa: E402
+from pudnet.evaluation.episodes import METHOD_LABELS, Evaluator  # noqa: E402
+from pudnet.data.shards import Catalog  # noqa: E402
+
+EVERY_MODEL = ("random_init", "ncm_pixels", "random_prototype", "pudnet")
+FIRST_MODEL_ONLY = ("linear_probe",)     # and Adam from scratch in the whole-dataset protocol (about 40 s per
+WHOLE_ONLY = ("sgd_converged",)          # 5-way task here: too slow for every sub-dataset of three settings)
+WHOLE_SHOTS = (10, 100)
+
+
+def source(name: str) -> str:
+    return name.split("/", 1)[0]
+
+
+def tiers(classes: list[str], mid: int, seed: int) -> dict[str, list[str]]:
+    """{run name: its meta-train classes}: the default sources' classes, plus a seeded sample of bank classes
+    up to ``mid`` in all, then every class; each set contains the one before."""
+    default = [c for c in classes if source(c) in DEFAULT_SOURCES]
+    bank = sorted(set(classes) - set(default))
+    extra = np.random.default_rng(seed).choice(bank, max(0, min(mid - len(default), len(bank))), replace=False)
+    return {"6 default sources": default, f"default + {len(extra)} bank classes": default + sorted(extra.tolist()),
+            "full bank": list(classes)}
+
+
+def evaluate_run(path: str, args: argparse.Namespace, first: bool) -> dict:
+    """The three held-out settings, both protocols, for one run's checkpoint."""
+    methods = EVERY_MODEL + (FIRST_MODEL_ONLY if first else ())
+    cfg = evaluate.EvalConfig(checkpoint=path, tasks=args.tasks, methods=methods, seed=args.seed,
+                              whole=evaluate.WholeSettings(shots=WHOLE_SHOTS, methods=tuple(
+                                  m for m in methods + (WHOLE_ONLY if first else ()) if m != "random_init")))
+    record = evaluate.load(cfg, smoke=False)
+    catalog = Catalog(record.roots)
+    split = record.split
+    default_intra = tuple(c for c in split.intra_test if source(c) in DEFAULT_SOURCES)
+    evaluator = Evaluator(record.model, cfg.sgd, cfg.seed, cfg.max_stats_images)
+    out = {"checkpoint": record.path, "intra_classes": {"default": len(default_intra), "all": len(split.intra_test)}}
+    record.split = dataclasses.replace(split, intra_test=default_intra)
+    settings = evaluate.tasks_protocol(cfg, record, catalog, evaluator)
+    out["tasks"] = {"intra (default sources)": settings["intra"], "inter": settings["inter"]}
+    record.split = dataclasses.replace(split, inter_test=())
+    out["tasks"]["intra (all)"] = evaluate.tasks_protocol(cfg, record, catalog, evaluator)["intra"]
+    record.split = dataclasses.replace(split, intra_test=default_intra)
+    out["whole"] = evaluate.whole_protocol(cfg, record, catalog)
+    return out
+
+
+def cell(report: dict, method: str) -> str:
+    r = report["methods"].get(method)
+    return f"{100 * r['accuracy']:.1f} ± {100 * r['ci95']:.1f}" if r else ""
+
+
+def table(rows: list[dict], command: str, base: dict) -> str:
+    settings = ("intra (default sources)", "intra (all)", "inter")
+    lines = [f"### `{command}`", "", f"{time.strftime('%Y-%m-%d %H:%M')} UTC, {os.cpu_count()} CPU cores shared, load "
+             f"average {os.getloadavg()[0]:.1f}; seed {rows[0]['seed']}, {rows[0]['steps']} steps per run", "",
+             f"Held-out classes: {rows[0]['intra_classes']['default']} of the default sources, "
+             f"{rows[0]['intra_classes']['all']} in all; inter = Fashion-MNIST (10 classes), left out whole.", "",
+             "**5-way 10-shot sub-datasets**, test accuracy % ± 95% interval "
+             f"({rows[0]['tasks']['inter']['methods']['pudnet']['tasks']} tasks per setting; the same tasks for "
+             "every run)", "",
+             "| meta-train classes | run | train wall | " + " | ".join(
+                 f"{s}: PudNet | {s}: random net + class-mean" for s in settings) + " |",
+             "|" + "---|" * (3 + 2 * len(settings))]
+    for r in rows:
+        lines.append(f"| {r['classes']} | {r['name']} | {r['train_s'] / 60:.1f} min | " + " | ".join(
+            f"{cell(r['tasks'][s], 'pudnet')} | {cell(r['tasks'][s], 'random_prototype')}" for s in settings) + " |")
+    lines += ["", "Baselines on the same tasks (they do not use the meta-trained weights; run with the first model):",
+              "", "| method | " + " | ".join(settings) + " |", "|" + "---|" * (1 + len(settings))]
+    for m in ("random_init", "ncm_pixels", "linear_probe"):
+        lines.append(f"| {METHOD_LABELS[m]} | " + " | ".join(cell(base["tasks"][s], m) for s in settings) + " |")
+    tasks = list(rows[0]["whole"])
+    lines += ["", "**Whole-dataset protocol** (`pudnet.evaluation.whole`): one task of all a dataset's classes, S train images "
+              "per class, the whole test split scored; test accuracy %", "",
+              "| meta-train classes | " + " | ".join(f"{t} S={s}: PudNet | random net + class-mean"
+                                                    for t in tasks for s in WHOLE_SHOTS) + " |",
+              "|" + "---|" * (1 + 2 * len(tasks) * len(WHOLE_SHOTS))]
+    acc = lambda r, t, s, m: (f"{100 * r['whole'][t]['shots'][str(s)]['methods'][m]['accuracy']:.1f}"
+                              if m in r["whole"][t]["shots"][str(s)]["methods"] else "")
+    for r in rows:
+        lines.append(f"| {r['classes']} | " + " | ".join(f"{acc(r, t, s, 'pudnet')} | {acc(r, t, s, 'random_prototype')}"
+                                                        for t in tasks for s in WHOLE_SHOTS) + " |")
+    lines += ["", "Whole-dataset baselines (first model's evaluation):", "",
+              "| method | " + " | ".join(f"{t} S={s}" for t in tasks for s in WHOLE_SHOTS) + " |",
+              "|" + "---|" * (1 + len(tasks) * len(WHOLE_SHOTS))]
+    for m in ("ncm_pixels", "linear_probe", "sgd_converged"):
+        lines.append(f"| {METHOD_LABELS[m]} | " + " | ".join(acc(base, t, s, m) for t in tasks for s in WHOLE_SHOTS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    x = [r["classes"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, get in (("5-way 10-shot tasks", lambda r, m: r["tasks"]["inter"]["methods"][m]["accuracy"]),
+                       *((f"whole dataset, S={s}", lambda r, m, s=s: r["whole"]["inter: fashion_mnist"]["shots"][str(s)]
+                          ["methods"][m]["accuracy"]) for s in WHOLE_SHOTS)):
+        line, = ax.plot(x, [100 * get(r, "pudnet") for r in rows], "o-", label=f"PudNet, {label}")
+        ax.plot(x, [100 * get(r, "random_prototype") for r in rows], "x--", color=line.get_color(),
+                label=f"random net + class mean, {label}")
+    ax.set_xscale("log")
+    ax.set_xlabel("meta-train classes")
+    ax.set_ylabel("inter (Fashion-MNIST) test accuracy %")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=600, help="optimiser steps per run (TrainConfig.steps)")
+    parser.add_argument("--mid", type=int, default=300, help="meta-train classes of the middle run")
+    parser.add_argument("--tasks", type=int, default=50, help="5-way sub-datasets per setting")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", default="", help="run directories (default: a temporary one, removed)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results_bank_scale.md"))
+    parser.add_argument("--plot", type=Path, default=Path(__file__).with_name("results_bank_scale.png"))
+    parser.add_argument("--report-only", action="store_true", help="redraw --out and --plot from --out's .json")
+    args = parser.parse_args(argv)
+    command = " ".join(["python bench/bank_scale.py", *(sys.argv[1:] if argv is None else argv)])
+    numbers = args.out.with_suffix(".json")
+    if args.report_only:
+        saved = json.loads(numbers.read_text())
+        return report(saved["runs"], saved["command"], args)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = load_config(overrides=[f"sources={','.join(DEFAULT_SOURCES + BANK_SOURCES)}", f"steps={args.steps}",
+                                     f"seed={args.seed}", f"split_seed={args.seed}", "eval_tasks=0",
+                                     f"checkpoint_every={args.steps}", f"storage_path={args.work or tmp}"])
+        runs = []
+        with ray_cluster() as where:
+            print(f"ray cluster: {where}", flush=True)
+            roots, split, classes = training_data(cfg)
+            missing = set(DEFAULT_SOURCES + BANK_SOURCES) - {m.source for m in Catalog(roots).manifests}
+            if missing:
+                raise RuntimeError(f"sources {sorted(missing)} are not installed; run bash scripts/setup.sh")
+            for i, (name, subset) in enumerate(tiers(classes, args.mid, args.seed).items()):
+                start = time.perf_counter()
+                result = fit(dataclasses.replace(cfg, name=f"bank-scale-{i}"), roots, split, subset)
+                runs.append({"name": name, "classes": len(subset), "steps": args.steps, "seed": args.seed,
+                             "train_s": time.perf_counter() - start, "path": result.checkpoint.path})
+                print(f"[bank_scale] {name}: {len(subset)} classes, {runs[-1]['train_s']:.0f} s", flush=True)
+        for i, run in enumerate(runs):
+            start = time.perf_counter()
+            run.update(evaluate_run(run.pop("path"), args, first=i == 0))
+            run["eval_s"] = time.perf_counter() - start
+            numbers.write_text(json.dumps({"command": command, "runs": runs[:i + 1]}, indent=1))
+    return report(runs, command, args)
+
+
+def report(runs: list[dict], command: str, args: argparse.Namespace) -> list[dict]:
+    text = table(runs, command, runs[0])
+    print(text)
+    args.out.write_text("# Class count and transfer: bench/bank_scale.py\n\nSee the script's docstring for what is "
+                        "measured.\n\n" + text)
+    plot(runs, args.plot)
+    print(f"wrote {args.out}, {args.out.with_suffix('.json')}, {args.plot}")
+    return runs
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""bench/bank_scale.py's pieces that decide what is compared: the three runs' meta-train class sets are nested
+and seeded, and the report redraws from saved numbers. The training runs themselves are the benchmark's."""
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import bank_scale  # noqa: E402
+
+
+def test_the_three_class_sets_are_nested_and_seeded():
+    classes = [f"mnist/{d}" for d in range(10)] + [f"emoji/s{i}" for i in range(5)] + [f"icons/i{i}" for i in range(50)]
+    tiers = bank_scale.tiers(classes, mid=40, seed=0)
+    small, mid, full = tiers.values()
+    assert small == classes[:15] and len(mid) == 40 and full == classes
+    assert set(small) < set(mid) < set(full)
+    assert list(tiers) == ["6 default sources", "default + 25 bank classes", "full bank"]
+    assert bank_scale.tiers(classes, mid=40, seed=0) == tiers != bank_scale.tiers(classes, mid=40, seed=1)
+
+
+def _result(methods):
+    return {"methods": {m: {"accuracy": 0.5, "ci95": 0.01, "seconds": 0.1, "tasks": 3} for m in methods}}
+
+
+def test_the_report_redraws_from_its_json(tmp_path):
+    def run(first, n):
+        methods = bank_scale.EVERY_MODEL + (bank_scale.FIRST_MODEL_ONLY if first else ())
+        whole = methods[1:] + (bank_scale.WHOLE_ONLY if first else ())
+        return {"name": f"run {n}", "classes": n, "steps": 5, "seed": 0, "train_s": 60, "eval_s": 30,
+                "intra_classes": {"default": 12, "all": 40},
+                "tasks": {s: _result(methods) for s in ("intra (default sources)", "intra (all)", "inter")},
+                "whole": {t: {"classes": [], "shots": {str(s): _result(whole) for s in bank_scale.WHOLE_SHOTS}}
+                          for t in ("intra", "inter: fashion_mnist")}}
+    out = tmp_path / "r.md"
+    out.with_suffix(".json").write_text(json.dumps({"command": "cmd", "runs": [run(True, 50), run(False, 300)]}))
+    bank_scale.main(["--out", str(out), "--plot", str(tmp_path / "r.png"), "--report-only"])
+    text = out.read_text()
+    assert "### `cmd`" in text and "| 300 | run 300 | 1.0 min | 50.0 ± 1.0 |" in text
+    assert (tmp_path / "r.png").stat().st_size > 0
