@@ -1,7 +1,7 @@
 """Ablations of PudNet's design choices, meta-trained with the training job's own recipe, scored on whole datasets.
 
     python bench/ablations.py --steps 300 --out bench/results_ablations.md
-    python bench/ablations.py --steps 5 --shots 10 --variants default --no-adam      # a quick check of the script
+    python bench/ablations.py --steps 5 --shots 10 --variants "default;conditioning" --no-adam      # a quick check of the script
 
 Every variant is ``jobs/train.py``'s TrainConfig (its defaults, then ``--set key=value`` for all variants,
 then the variant's own overrides) meta-trained in one process by ``pudnet.recipe.meta_train_local``: the
@@ -18,7 +18,6 @@ come from the true support set, so the drop is what the data-dependent body is w
 from __future__ import annotations
 
 import argparse
-import contextlib
 import platform
 import time
 
@@ -27,7 +26,7 @@ import torch
 
 from heads import whole_tasks  # bench/heads.py: the same whole-dataset tasks
 from jobs.train import load_config
-from pudnet import PudNet
+from pudnet.conditioning import foreign_conditioning
 from pudnet.data import SubDatasetSampler, split_classes
 from pudnet.datasets import load_class_bank
 from pudnet.evaluate import METHOD_LABELS, Evaluator
@@ -45,33 +44,11 @@ BASELINES = ("ncm_pixels", "random_prototype", "linear_probe")
 ADAM = ("sgd_1epoch", "sgd_converged")
 
 
-@contextlib.contextmanager
-def foreign(model: PudNet, x: torch.Tensor, y: torch.Tensor, k: int, activations: bool):
-    """While inside, ``model`` generates its body from (x, y) of another dataset: the sketch, and with
-    ``activations`` the BatchNorm modulations too; statistics and head still come from the data passed in."""
-    recorded, modulation, encode = {}, model.modulation, model.encoder.forward
-    def record(name, *args):
-        recorded[name] = modulation(name, *args)
-        return recorded[name]
-    def record_sketch(*args):
-        recorded["sketch"] = encode(*args)
-        return recorded["sketch"]
-    try:
-        model.modulation, model.encoder.forward = record, record_sketch
-        with torch.no_grad():
-            model(x, y, k)
-        model.encoder.forward = lambda *args: recorded["sketch"]
-        model.modulation = (lambda name, *args: recorded[name]) if activations else modulation
-        yield
-    finally:
-        del model.encoder.forward, model.modulation
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--shots", default="10,100")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default=";".join(VARIANTS), help="names from VARIANTS, ;-separated")
     parser.add_argument("--set", nargs="*", default=[], help="TrainConfig key=value for every variant")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-adam", action="store_true", help="skip Adam from scratch (the slow rows)")
@@ -90,7 +67,7 @@ def main() -> None:
     other = {key: others[key[0]].sample(0, 10, key[1], 1) for key in tasks}
     train = SubDatasetSampler(bank, split.meta_train, seed=args.seed)
     rows = []
-    for i, name in enumerate(args.variants.split(",")):
+    for i, name in enumerate(args.variants.split(";")):
         cfg = load_config(overrides=common + VARIANTS[name])
         start = time.perf_counter()
         model = meta_train_local(cfg, train, log_every=50)
@@ -108,7 +85,7 @@ def main() -> None:
             acc = {}
             for key, task in tasks.items():
                 (ox, oy), _, _ = evaluator.tensors(other[key])
-                with foreign(model, ox, oy, other[key].num_classes, activations):
+                with foreign_conditioning(model, ox, oy, other[key].num_classes, activations):
                     acc[key] = evaluator.run(task, 0, ("pudnet",)).scores["pudnet"][0]
             rows.append((f"{name}, {label}", acc, None))
             print(rows[-1], flush=True)
@@ -126,7 +103,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
-        command = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+        command = " ".join(f"--{k.replace('_', '-')} '{v}'" for k, v in vars(args).items()
                            if k not in ("out", "set", "no_adam")) + (" --set " + " ".join(args.set) if args.set else "")
         with open(args.out, "w") as f:
             f.write(f"# PudNet ablations\n\n`python bench/ablations.py {command}`\n\n{text}")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pudnet import PudNet, PudNetConfig
-from pudnet.conditioning import channel_statistics
+from pudnet.conditioning import channel_statistics, foreign_conditioning
 from pudnet.recipe import lr_factor, optimizer_and_schedule
 from pudnet.targets import build
 
@@ -18,12 +18,26 @@ def support(k, per_class=4, seed=0, shift=0.0):
 
 
 def conditioned(gate: float) -> PudNet:
+    """A conditioned model whose modulation is switched on (its output layer starts at zero) and gated by ``gate``."""
     torch.manual_seed(0)
     model = PudNet(PudNetConfig(**SMALL, conditioning="activations")).eval()
     with torch.no_grad():
         for film in model.film.values():
             film.gates.fill_(gate)
+            film.net[-1].weight.normal_(0, 0.1)
     return model
+
+
+def test_conditioning_starts_as_the_identity():
+    torch.manual_seed(0)
+    model = PudNet(PudNetConfig(**SMALL, conditioning="activations")).eval()
+    x, y = support(3)
+    with torch.no_grad():
+        weights = model(x, y, 3)
+    assert all(f.gates.min().item() == 1.0 for f in model.film.values())
+    for name in ("features.block1.norm", "features.block2.norm"):     # the generated affine starts at (1, 0)
+        assert torch.equal(weights[f"{name}.weight"], torch.ones(16)) and torch.equal(weights[f"{name}.bias"],
+                                                                                   torch.zeros(16))
 
 
 def test_channel_statistics_expected_numbers():
@@ -74,6 +88,7 @@ def test_gate_penalty_and_gradients_reach_the_conditioning_path():
     (model.target(weights, x).logsumexp(1).mean() + model.penalty()).backward()
     film = next(iter(model.film.values()))
     assert film.gates.grad.abs().sum() > 0 and film.net[0].weight.grad.abs().sum() > 0
+    assert film.net[-1].weight.grad.abs().sum() > 0
     assert model.penalty().item() == pytest.approx(model.cfg.gate_penalty * 0.25 * 2 * len(model.film))
 
 
@@ -88,3 +103,18 @@ def test_recipe_puts_base_kernels_in_a_slower_group_and_warms_up():
     assert len(rest["params"]) + len(base["params"]) == len(list(model.parameters()))
     assert base["lr"] == pytest.approx(0.1 * rest["lr"]) and rest["lr"] == pytest.approx(1e-4)   # warm-up step 0
     assert lr_factor(50, 100, 0, "cosine") == pytest.approx(0.5) and lr_factor(7, 100, 0, "constant") == 1.0
+
+
+def test_foreign_conditioning_swaps_the_body_only_and_restores_the_model():
+    model = conditioned(0.5)
+    (x, y), (ox, oy) = support(3), support(4, seed=1, shift=1.0)
+    norm = "features.block1.norm"
+    with torch.no_grad():
+        own, other = model(x, y, 3), model(ox, oy, 4)
+        with foreign_conditioning(model, ox, oy, 4, activations=True):
+            swapped = model(x, y, 3)
+        after = model(x, y, 3)
+    assert torch.allclose(swapped[f"{norm}.weight"], other[f"{norm}.weight"])          # the other data's body
+    assert torch.allclose(swapped[f"{norm}.running_mean"], own[f"{norm}.running_mean"])  # this data's statistics
+    assert swapped["fc.weight"].shape == (3, 16)                                          # this data's head
+    assert all(torch.equal(after[k], own[k]) for k in own)
