@@ -105,6 +105,7 @@ def main() -> None:
     if args.out:
         command = " ".join(f"--{k.replace('_', '-')} '{v}'" for k, v in vars(args).items()
                            if k not in ("out", "set", "no_adam")) + (" --set " + " ".join(args.set) if args.set else "")
+        command += " --no-adam" if args.no_adam else ""
         with open(args.out, "w") as f:
             f.write(f"# PudNet ablations\n\n`python bench/ablations.py {command}`\n\n{text}")
 
