@@ -1,127 +1,113 @@
-"""Ablations of PudNet's design choices on the embedded default, one command, no Ray (runs on a GPU box too).
+"""Ablations of PudNet's design choices, meta-trained with the training job's own recipe, scored on whole datasets.
 
-    python bench/ablations.py --out bench/results_ablations.md            # ~25 min on 2 CPU cores
-    python bench/ablations.py --steps 50 --tasks 5                         # a quick check of the script
+    python bench/ablations.py --steps 300 --out bench/results_ablations.md
+    python bench/ablations.py --steps 5 --shots 10 --variants "default;conditioning" --no-adam      # a quick check of the script
 
-Every variant is meta-trained in-process with the same seed, steps and sub-datasets, then scored on the
-same unseen sub-datasets (the held-out classes and the left-out source of the default split), so the
-differences against the default are paired. Variants: the default (ridge head, task augmentation,
-rank-8 kernel term); the prototype head (the default before the ridge head); the head generated from class embeddings (arXiv 2310.11862's generator, the
-finding issue 5 asks to measure); no task augmentation; no low-rank kernel term (channel modulation
-only); and the default model given the sketch of a *different* sub-dataset, which shows whether the
-generated weights depend on the dataset beyond the support-set BatchNorm statistics and the fitted head.
+Every variant is ``jobs/train.py``'s TrainConfig (its defaults, then ``--set key=value`` for all variants,
+then the variant's own overrides) meta-trained in one process by ``pudnet.model.recipe.meta_train_local``: the
+job's optimiser, schedule, task shapes and augmentation, without Ray. All variants share the seed, so the
+differences are paired. Each is scored on the whole-dataset tasks of ``bench/heads.py``: every class of the
+left-out Fashion-MNIST (inter) and 10 seeded held-out classes of the meta-training sources (intra), S support
+images per class, every test image of those classes.
+
+The conditioning ablation: the prediction for one dataset while the body is generated from ANOTHER dataset
+(MNIST for the inter task, Fashion-MNIST for the intra one, same S): its sketch ("foreign sketch") or its
+sketch and its support activations ("foreign sketch + activations"). BatchNorm statistics and the head still
+come from the true support set, so the drop is what the data-dependent body is worth.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
 import platform
 import time
 
 import numpy as np
 import torch
 
-from pudnet import PudNet, PudNetConfig
-from pudnet.data.augment import augment
+from heads import whole_tasks  # bench/heads.py: the same whole-dataset tasks
+from jobs.train import load_config
+from pudnet.model.conditioning import foreign_conditioning
 from pudnet.data.tasks import SubDatasetSampler, split_classes
-from pudnet.data.sources import DEFAULT_SOURCES, load_class_bank
-from pudnet.evaluation.episodes import Evaluator
-from pudnet.model.meta import Episode, train_step
+from pudnet.data.sources import load_class_bank
+from pudnet.evaluation.episodes import METHOD_LABELS, Evaluator
+from pudnet.model.recipe import meta_train_local
 
-SOURCES = DEFAULT_SOURCES
-VARIANTS = {  # name -> (PudNetConfig overrides, task augmentation on)
-    "default": ({}, True),
-    "prototype head": ({"head": "prototype"}, True),
-    "generated head": ({"head": "generated"}, True),
-    "no task augmentation": ({}, False),
-    "no low-rank kernel term": ({"lowrank": 0}, True),
+VARIANTS = {  # name -> TrainConfig overrides on top of the defaults and --set
+    "default": [],
+    "conditioning": ["model.conditioning=activations"],
+    "conditioning, base lr x0.1": ["model.conditioning=activations", "base_lr_scale=0.1"],
+    "conditioning, no gate penalty": ["model.conditioning=activations", "model.gate_penalty=0"],
+    "conditioning, varied K and S": ["model.conditioning=activations", "ways_max=10", "shots_max=100",
+                                     "max_support=300"],
 }
-
-
-def meta_train(cfg: PudNetConfig, sampler: SubDatasetSampler, steps: int, use_augment: bool, seed: int) -> PudNet:
-    torch.manual_seed(seed)
-    model = PudNet(cfg)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-3, total_steps=steps, pct_start=0.05)
-    for step in range(steps):
-        task = sampler.sample(step, 5, 10, 10)
-        if use_augment:
-            task = augment(task, np.random.default_rng([seed, step]), p_class=0.5, max_shift=2)
-        train_step(model, optimizer, [Episode.from_subdataset(task, model)])
-        schedule.step()
-    return model.eval()
-
-
-@contextlib.contextmanager
-def foreign_sketch(model: PudNet, other_support: torch.Tensor, other_labels: torch.Tensor, k: int):
-    """Make the dataset encoder describe another sub-dataset; BN statistics and the head stay this one's."""
-    with torch.no_grad():
-        fixed = model.encoder(model.encoder.embed(other_support), other_labels, k)
-    model.encoder.forward = lambda *args: fixed
-    try:
-        yield
-    finally:
-        del model.encoder.forward
-
-
-def accuracies(model: PudNet, tasks, shuffled_sketch: bool = False) -> np.ndarray:
-    evaluator, out = Evaluator(model), []
-    for i, task in enumerate(tasks):
-        (sx, sy), _, (tx, ty) = evaluator.tensors(task)
-        context = contextlib.nullcontext()
-        if shuffled_sketch:
-            (ox, oy), _, _ = evaluator.tensors(tasks[(i + 1) % len(tasks)])
-            context = foreign_sketch(model, ox, oy, task.num_classes)
-        with context, torch.no_grad():
-            out.append(evaluator.accuracy(model(sx, sy, task.num_classes), tx, ty))
-    return np.array(out)
-
-
-def row(name: str, acc: dict[str, np.ndarray], base: dict[str, np.ndarray] | None, seconds: float) -> str:
-    cells = []
-    for setting, a in acc.items():
-        cell = f"{100 * a.mean():.1f} ± {100 * 1.96 * a.std(ddof=1) / np.sqrt(len(a)):.1f}"
-        if base is not None:
-            d = a - base[setting]
-            cell += f" ({100 * d.mean():+.1f} ± {100 * 1.96 * d.std(ddof=1) / np.sqrt(len(d)):.1f})"
-        cells.append(cell)
-    return f"| {name} | " + " | ".join(cells) + f" | {seconds:.0f} |"
+BASELINES = ("ncm_pixels", "random_prototype", "linear_probe")
+ADAM = ("sgd_1epoch", "sgd_converged")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--tasks", type=int, default=50, help="unseen sub-datasets per setting")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--shots", default="10,100")
+    parser.add_argument("--variants", default=";".join(VARIANTS), help="names from VARIANTS, ;-separated")
+    parser.add_argument("--set", nargs="*", default=[], help="TrainConfig key=value for every variant")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", help="also write the table here (Markdown)")
+    parser.add_argument("--no-adam", action="store_true", help="skip Adam from scratch (the slow rows)")
+    parser.add_argument("--out", help="write the Markdown table here")
     args = parser.parse_args()
-    bank, missing = load_class_bank(SOURCES, 32, 1000)
-    split = split_classes(bank.class_names, ["fashion_mnist"], 0.2, 5, seed=0)
+    common = [f"steps={args.steps}", f"seed={args.seed}", *args.set]
+    base = load_config(overrides=common)
+    bank, _ = load_class_bank(base.sources, base.model.image_size, base.max_per_class)
+    split = split_classes(bank.class_names, list(base.heldout_sources), base.intra_fraction, base.min_intra,
+                          seed=base.split_seed)
+    shots = tuple(int(s) for s in args.shots.split(","))
+    tasks = whole_tasks(bank, split, shots, args.seed)
+    mnist = [c for c in bank.class_names if c.startswith("mnist/")]
+    others = {"inter": SubDatasetSampler(bank, mnist, seed=args.seed),
+              "intra": SubDatasetSampler(bank, split.inter_test, seed=args.seed)}
+    other = {key: others[key[0]].sample(0, 10, key[1], 1) for key in tasks}
     train = SubDatasetSampler(bank, split.meta_train, seed=args.seed)
-    settings = {"intra": SubDatasetSampler(bank, split.intra_test, seed=args.seed + 1),
-                "inter": SubDatasetSampler(bank, split.inter_test, seed=args.seed + 1, within_source=True)}
-    tasks = {s: [sampler.sample(i, 5, 10, 10, 10) for i in range(args.tasks)] for s, sampler in settings.items()}
-    lines = [f"{args.steps} meta-training steps (1 five-way 10-shot task each), seed {args.seed}, {args.tasks} unseen "
-             f"tasks per setting; {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-             f"missing sources: {sorted(missing) or 'none'}", "",
-             "PudNet prediction, test accuracy % ± 95% interval (paired difference to the default in brackets).", "",
-             "| variant | intra-dataset (held-out classes) | inter-dataset (Fashion-MNIST) | train s |", "|---|---|---|---|"]
-    base, default_model = None, None
-    for name, (overrides, use_augment) in VARIANTS.items():
+    rows = []
+    for i, name in enumerate(args.variants.split(";")):
+        cfg = load_config(overrides=common + VARIANTS[name])
         start = time.perf_counter()
-        model = meta_train(dataclasses.replace(PudNetConfig(), **overrides), train, args.steps, use_augment, args.seed)
-        acc = {s: accuracies(model, t) for s, t in tasks.items()}
-        lines.append(row(name, acc, base, time.perf_counter() - start))
-        print(lines[-1], flush=True)
-        if base is None:
-            base, default_model = acc, model
-    acc = {s: accuracies(default_model, t, shuffled_sketch=True) for s, t in tasks.items()}
-    lines.append(row("default, sketch of another sub-dataset", acc, base, 0))
-    print("\n".join(lines))
+        model = meta_train_local(cfg, train, log_every=50)
+        train_s = time.perf_counter() - start
+        evaluator = Evaluator(model, seed=args.seed)
+        methods = ("pudnet",) + ((BASELINES + (() if args.no_adam else ADAM)) if i == 0 else ())
+        scores = {key: evaluator.run(task, 0, methods).scores for key, task in tasks.items()}
+        if i == 0:
+            rows += [(METHOD_LABELS[m], {key: s[m][0] for key, s in scores.items()}, None) for m in methods[1:]]
+        rows.append((name, {key: s["pudnet"][0] for key, s in scores.items()}, train_s))
+        print(rows[-1], flush=True)
+        for label, activations in (("foreign sketch", False), ("foreign sketch + activations", True)):
+            if activations and cfg.model.conditioning == "none":
+                continue
+            acc = {}
+            for key, task in tasks.items():
+                (ox, oy), _, _ = evaluator.tensors(other[key])
+                with foreign_conditioning(model, ox, oy, other[key].num_classes, activations):
+                    acc[key] = evaluator.run(task, 0, ("pudnet",)).scores["pudnet"][0]
+            rows.append((f"{name}, {label}", acc, None))
+            print(rows[-1], flush=True)
+    keys = list(tasks)
+    described = ", ".join(f"{s} K={tasks[(s, n)].num_classes} S={n} test={len(tasks[(s, n)].test_y)}" for s, n in keys)
+    lines = [f"Whole-dataset accuracy (%), seed {args.seed}, {args.steps} meta-training steps per variant "
+             f"(jobs/train.py's TrainConfig and recipe, in-process), {platform.machine()} CPU x "
+             f"{torch.get_num_threads()} threads. Tasks: {described}. Foreign data: MNIST for inter, "
+             "Fashion-MNIST for intra.", "",
+             "| method | " + " | ".join(f"{s} S={n}" for s, n in keys) + " | meta-train s |",
+             "|---|" + "---|" * (len(keys) + 1)]
+    for label, accs, seconds in rows:
+        lines.append(f"| {label} | " + " | ".join(f"{100 * accs[k]:.1f}" for k in keys)
+                     + f" | {'-' if seconds is None else f'{seconds:.0f}'} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
     if args.out:
+        command = " ".join(f"--{k.replace('_', '-')} '{v}'" for k, v in vars(args).items()
+                           if k not in ("out", "set", "no_adam")) + (" --set " + " ".join(args.set) if args.set else "")
+        command += " --no-adam" if args.no_adam else ""
         with open(args.out, "w") as f:
-            f.write("# PudNet ablations: `python bench/ablations.py`\n\n" + "\n".join(lines) + "\n")
+            f.write(f"# PudNet ablations\n\n`python bench/ablations.py {command}`\n\n{text}")
 
 
 if __name__ == "__main__":

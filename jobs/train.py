@@ -21,7 +21,6 @@ import dataclasses
 import functools
 import json
 import logging
-import math
 import subprocess
 import tempfile
 import time
@@ -43,6 +42,7 @@ from jobs.progress import METRICS_FILE, RunProgress
 from jobs.sharding import default_data_dir, prepare_sources, source_root
 from jobs.stream import make_stream
 from pudnet import PudNet, PudNetConfig
+from pudnet.model import recipe
 from pudnet.overrides import apply_overrides, from_dict
 from pudnet.data.tasks import ClassSplit, SubDatasetSampler
 from pudnet.evaluation.episodes import FAST_METHODS
@@ -75,6 +75,7 @@ class TrainConfig:
     tasks_per_step: int = 1         # sub-datasets per worker per optimiser step (gradient accumulation)
     steps: int = 2000
     lr: float = 1e-3
+    base_lr_scale: float = 1.0      # the generators' base kernels learn at lr times this (pudnet.model.recipe)
     weight_decay: float = 0.0
     warmup_steps: int = 100
     lr_schedule: str = "cosine"     # "cosine" (decays to 0 at `steps`) or "constant", after the linear warm-up
@@ -116,7 +117,7 @@ class TrainConfig:
                   "augment_p_class": (0 <= self.augment_p_class <= 1, "[0, 1]"),
                   "test_fraction": (0 < self.test_fraction < 1, "(0, 1)"),
                   "cpus_per_worker": (self.cpus_per_worker > 0, "> 0"), "stream_cpus": (self.stream_cpus > 0, "> 0"),
-                  "lr": (self.lr > 0, "> 0"), "grad_clip": (self.grad_clip > 0, "> 0"),
+                  "lr": (self.lr > 0, "> 0"), "base_lr_scale": (self.base_lr_scale >= 0, ">= 0"), "grad_clip": (self.grad_clip > 0, "> 0"),
                   "name": ("/" not in self.name, "no '/'"), "sources": (len(self.sources) > 0, "at least one"),
                   "eval_protocols": (set(self.eval_protocols) <= {"tasks", "whole"}, "tasks and/or whole")}
         for key in ("shots", "queries", "tasks_per_step", "steps", "log_every", "max_support", "val_every",
@@ -149,10 +150,8 @@ def load_config(config: str | None = None, smoke_test: bool = False, overrides: 
 
 
 def lr_factor(cfg: TrainConfig, step: int) -> float:
-    """Multiplier of ``lr`` at ``step``: linear warm-up (a hypernetwork's first steps are the unstable ones)."""
-    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-    return warm * (0.5 * (1 + math.cos(math.pi * min(step, cfg.steps) / cfg.steps)) if cfg.lr_schedule == "cosine"
-                   else 1.0)
+    """Multiplier of ``lr`` at ``step`` (``pudnet.model.recipe.lr_factor``)."""
+    return recipe.lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.lr_schedule)
 
 
 def validation_episodes(cfg: TrainConfig, roots: list[str], split: ClassSplit, net: PudNet) -> list[Episode]:
@@ -199,8 +198,7 @@ def train_loop_per_worker(config: dict) -> None:
     torch.manual_seed(cfg.seed)
     net = PudNet(cfg.model)
     model = ray.train.torch.prepare_model(net)          # DDP (gloo on CPU, NCCL on GPU); net moves to `device`
-    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(lr_factor, cfg))
+    optimizer, scheduler = recipe.optimizer_and_schedule(net, cfg)    # the recipe bench/ runs in-process too
     step = train_state.restore(ray.train.get_checkpoint(), net, optimizer, scheduler, split)
     autocast = functools.partial(torch.autocast, device.type, torch.bfloat16, enabled=cfg.use_gpu)
     val = validation_episodes(cfg, roots, split, net) if rank == 0 else []

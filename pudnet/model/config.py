@@ -9,6 +9,7 @@ from pudnet.overrides import from_dict
 
 ARCHITECTURES = ("convnet", "resnet18")
 HEADS = ("ridge", "prototype", "generated")
+CONDITIONINGS = ("none", "activations")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,9 @@ class PudNetConfig:
     modulation: float = 0.5             # max relative change the generated channel scales apply to a kernel
     head: str = "ridge"                 # classifier head: ridge fit on support features, class prototypes, or
                                         # generated from class embeddings (pudnet.model.heads)
+    conditioning: str = "none"          # "activations": gated FiLM of every BatchNorm affine from the support
+                                        # activations entering it (pudnet.model.conditioning); "none": sketch only
+    gate_penalty: float = 1e-3          # L2 penalty on those gates (TADAM)
     sketch_per_class: int = 64          # the dataset encoder reads at most this many support images per class
     stats_images: int = 512             # BatchNorm statistics come from at most this many support images
     memory_mb: int = 512                # support images pass through in chunks whose activations fit in this
@@ -39,6 +43,10 @@ class PudNetConfig:
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"arch={self.arch!r}: expected one of {ARCHITECTURES}")
+        if self.conditioning not in CONDITIONINGS:
+            raise ValueError(f"conditioning={self.conditioning!r}: expected one of {CONDITIONINGS}")
+        if self.gate_penalty < 0:
+            raise ValueError(f"gate_penalty={self.gate_penalty}: expected >= 0")
         if self.head not in HEADS:
             raise ValueError(f"head={self.head!r}: expected one of {HEADS}")
         if not 2 <= self.max_classes <= 1000:

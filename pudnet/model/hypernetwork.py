@@ -13,7 +13,9 @@ Our reading of "Learning to Generate Parameters of ConvNets for Unseen Image Dat
    so no generator emits C_out*C_in*k*k numbers (the official code spends 41.6 M generator
    parameters on ResNet-18's 21.9 M weights this way).
 
-BatchNorm statistics come from one pass of the generated body over (a sample of) the support set;
+BatchNorm statistics come from one pass of the generated body over (a sample of) the support set; with
+``conditioning="activations"`` the same pass also modulates every BatchNorm affine from the support
+activations entering it (``pudnet.model.conditioning``), the path by which the body depends on the data;
 the classifier head is then fitted to every support image's features in closed form (``ridge``,
 see ``pudnet.model.heads``), built from class means (``prototype``), or generated from class k's sketch
 embedding (``generated``).
@@ -26,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .conditioning import ActivationFiLM
 from .config import PudNetConfig
 from pudnet.data.tasks import normalize
 from .heads import HeadMoments, class_means, prototype_from_means, prototype_head, ridge_head, spread_sample
@@ -149,6 +152,9 @@ class PudNet(nn.Module):
             else:
                 raise ValueError(f"{layer.name}: no generator for a {layer.kind} layer "
                                  f"{'with' if layer.has_bias else 'without'} bias inside the body")
+        if cfg.conditioning == "activations":
+            self.film = nn.ModuleDict({layer.name.replace(".", "/"): ActivationFiLM(layer.weight_shape[0], cfg.hidden)
+                                       for layer in spec.body if layer.kind == "norm"})
         if cfg.head == "ridge":       # lambda relative to the features' spread, and the logits' scale, learned
             self.log_lambda = nn.Parameter(torch.tensor(0.0))
             self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
@@ -205,19 +211,36 @@ class PudNet(nn.Module):
                 body[f"{layer.name}.weight"] = generated
             else:
                 body[f"{layer.name}.weight"], body[f"{layer.name}.bias"] = generated
-        stats, features = self.target.support_pass(body, self._inputs(x, stats_rows))   # features (n_stats, F)
+        sample_labels = labels if stats_rows is None else labels[stats_rows]
+        modulate = None
+        if self.cfg.conditioning == "activations":
+            state_of = {layer.name: h for layer, h in zip(self.target.spec.body, states)}
+            modulate = lambda name, z: self.modulation(name, z, sample_labels, num_classes, state_of[name],
+                                                       body[f"{name}.weight"], body[f"{name}.bias"])
+        stats, features = self.target.support_pass(body, self._inputs(x, stats_rows), modulate)  # (n_stats, F)
         weights = {**body, **stats}
         if self.cfg.head == "generated":
             rows = self.head_rows(torch.cat([class_emb, states[-1].expand_as(class_emb)], 1))
             weight, bias = rows[:, :-1], rows[:, -1]
         else:
             rest = None if stats_rows is None else order[n_stats:]
-            sample_labels = labels if stats_rows is None else labels[stats_rows]
             weight, bias = self._fit_head(weights, features, sample_labels, x, labels, rest, num_classes, chunk)
         head = self.target.spec.head.name
         weights.update({f"{head}.weight": weight, f"{head}.bias": bias})
         self.target.spec.check(weights, num_classes)
         return weights
+
+    def modulation(self, name: str, z: torch.Tensor, labels: torch.Tensor, num_classes: int, state: torch.Tensor,
+                   weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Norm layer ``name``'s (weight, bias) from its normalised support input z (N, C, H, W) with ``labels``
+        (pudnet.model.conditioning); one method, so an ablation can feed it another dataset's activations."""
+        return self.film[name.replace(".", "/")](z, labels, num_classes, state, weight, bias)
+
+    def penalty(self) -> torch.Tensor | float:
+        """The L2 penalty on the conditioning gates (TADAM), added to the meta-training loss."""
+        if self.cfg.conditioning != "activations":
+            return 0.0
+        return self.cfg.gate_penalty * sum(film.gates.pow(2).sum() for film in self.film.values())
 
     def _fit_head(self, weights: dict[str, torch.Tensor], features: torch.Tensor, sample_labels: torch.Tensor,
                   x: torch.Tensor, labels: torch.Tensor, rest: torch.Tensor | None, num_classes: int,

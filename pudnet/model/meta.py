@@ -56,7 +56,7 @@ def train_step(model: PudNet, optimizer: torch.optim.Optimizer, episodes: list[E
             if not torch.isfinite(loss):
                 raise RuntimeError(f"non-finite meta-training loss {loss.item()}: resume from the last checkpoint "
                                    "with a lower lr")
-            (loss / len(episodes)).backward()
+            ((loss + getattr(model, "module", model).penalty()) / len(episodes)).backward()
         total_loss, total_acc = total_loss + loss.item(), total_acc + acc.item()
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()

@@ -170,6 +170,7 @@ class TargetRunner:
         self._stats: dict | None = None          # armed by support_pass, filled by the hooks
         self._features: torch.Tensor | None = None
         self._capture = False                    # the head's pre-hook keeps its input while set
+        self._modulate: Callable | None = None   # support_pass's per-norm-layer affine, while armed
         self._activation_bytes: dict[int, int] = {}
         self._norms = [(name, sub) for name, sub in self.module.named_modules() if isinstance(sub, nn.BatchNorm2d)]
         for name, sub in self._norms:
@@ -178,14 +179,21 @@ class TargetRunner:
 
     def _norm_hook(self, name: str):
         def hook(module, inputs, output):
-            if self._stats is not None:  # biased variance: eval() on the support set then equals train()
-                x = inputs[0]
-                mean = x.mean(dim=(0, 2, 3))
-                if torch.is_grad_enabled():  # meta-training: var() keeps no extra activation for backward
-                    var = x.var(dim=(0, 2, 3), unbiased=False)
-                else:  # prediction: two passes, same result, 3-4x faster than var() over (N, H, W) on the CPU
-                    var = (x - mean[:, None, None]).square_().mean(dim=(0, 2, 3))
-                self._stats[f"{name}.running_mean"], self._stats[f"{name}.running_var"] = mean, var
+            if self._stats is None:
+                return None
+            x = inputs[0]   # biased variance: eval() on the support set then equals train()
+            mean = x.mean(dim=(0, 2, 3))
+            if torch.is_grad_enabled():  # meta-training: var() keeps no extra activation for backward
+                var = x.var(dim=(0, 2, 3), unbiased=False)
+            else:  # prediction: two passes, same result, 3-4x faster than var() over (N, H, W) on the CPU
+                var = (x - mean[:, None, None]).square_().mean(dim=(0, 2, 3))
+            self._stats[f"{name}.running_mean"], self._stats[f"{name}.running_var"] = mean, var
+            if self._modulate is None:
+                return None
+            z = (x - mean[:, None, None]) * torch.rsqrt(var + module.eps)[:, None, None]   # (N, C, H, W)
+            weight, bias = self._modulate(name, z)     # this layer's affine, from the activations entering it
+            self._stats[f"{name}.weight"], self._stats[f"{name}.bias"] = weight, bias
+            return z * weight[:, None, None] + bias[:, None, None]
         return hook
 
     def _head_hook(self, module, inputs):
@@ -250,22 +258,27 @@ class TargetRunner:
                 h.remove()
         return max(largest)
 
-    def support_pass(self, body: dict[str, torch.Tensor], x: torch.Tensor) -> tuple[dict, torch.Tensor]:
+    def support_pass(self, body: dict[str, torch.Tensor], x: torch.Tensor,
+                     modulate: Callable | None = None) -> tuple[dict, torch.Tensor]:
         """BatchNorm statistics of ``x`` and head-input features (N, F) under ``body`` weights.
 
         Runs in train mode so each norm layer normalises with ``x``'s own statistics,
         differentiably; the returned statistics make eval mode reproduce exactly this pass.
+        ``modulate(name, z)``, if given, returns norm layer ``name``'s (weight, bias) from its normalised
+        input z (N, C, H, W) in this same sequential pass, so later layers see (and their statistics
+        follow) the modulated activations; those affines are returned with the statistics, under
+        the layer's own ``.weight``/``.bias`` keys.
         """
         dummy = self._dummy_head(x)
         buffers = {name: torch.zeros(shape, dtype=dtype, device=x.device) for name, shape, dtype in self.spec.buffers}
         with self._lock:
-            self._stats, self._capture = {}, True
+            self._stats, self._capture, self._modulate = {}, True, modulate
             try:
                 self.module.train()
                 functional_call(self.module, {**body, **buffers, **dummy}, (x,))
                 stats, features = self._stats, self._features
             finally:
-                self._stats, self._features, self._capture = None, None, False
+                self._stats, self._features, self._capture, self._modulate = None, None, False, None
         stats.update({name: torch.ones((), dtype=dtype, device=x.device)
                       for name, _, dtype in self.spec.buffers if name.endswith("num_batches_tracked")})
         return stats, features

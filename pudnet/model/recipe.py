@@ -1,0 +1,70 @@
+"""The meta-training recipe (optimiser, learning-rate schedule, task shapes, augmentation), shared by the Ray
+training job (``jobs/train.py``, which streams tasks) and in-process runs (``bench/``, tests), so an ablation
+trains exactly as the job does.
+
+``cfg`` is a ``jobs.train.TrainConfig`` (or anything with its recipe fields): the recipe's settings live there.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+from pudnet.data.augment import augment
+from pudnet.data.tasks import SubDatasetSampler, task_shape
+from .meta import Episode, train_step
+from .hypernetwork import PudNet
+
+BASE_PARAMETERS = (".base", ".u", ".v")   # the generators' learned kernels, not generated from the data
+
+
+def lr_factor(step: int, steps: int, warmup_steps: int, schedule: str) -> float:
+    """Multiplier of the learning rate at ``step``: linear warm-up (a hypernetwork's first steps are the
+    unstable ones), then cosine decay to 0 at ``steps`` or constant."""
+    warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+    return warm * (0.5 * (1 + math.cos(math.pi * min(step, steps) / steps)) if schedule == "cosine" else 1.0)
+
+
+def optimizer_and_schedule(net: PudNet, cfg) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over ``net`` with the base kernels at ``cfg.base_lr_scale`` times ``cfg.lr`` (TADAM: a slower
+    base cannot absorb what the data-dependent path should learn), and the warm-up + cosine/constant schedule."""
+    base, rest = [], []
+    for name, p in net.named_parameters():
+        (base if name.startswith("generators.") and name.endswith(BASE_PARAMETERS) else rest).append(p)
+    groups = [{"params": rest, "lr": cfg.lr}, {"params": base, "lr": cfg.lr * cfg.base_lr_scale}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.lr_schedule))
+    return optimizer, schedule
+
+
+def local_task(cfg, sampler: SubDatasetSampler, index: int):
+    """Task ``index`` as the training stream builds it (``pudnet.stream.SubDatasetBuilder``): the shape from
+    ``task_shape`` when K or S vary, then the same seeded augmentation."""
+    ways, shots = cfg.ways, cfg.shots
+    if cfg.ways_max > cfg.ways or cfg.shots_max > cfg.shots:
+        ways, shots = task_shape(cfg.seed, index, (cfg.ways, max(cfg.ways, cfg.ways_max)),
+                                 (cfg.shots, max(cfg.shots, cfg.shots_max)), cfg.max_support)
+    task = sampler.sample(index, ways, shots, cfg.queries)
+    if cfg.augment_p_class or cfg.augment_shift:
+        task = augment(task, np.random.default_rng([cfg.seed, index, 1]), cfg.augment_p_class, cfg.augment_shift)
+    return task
+
+
+def meta_train_local(cfg, sampler: SubDatasetSampler, log_every: int = 0) -> PudNet:
+    """``jobs/train.py``'s recipe in one process without Ray: same model, optimiser, schedule, task shapes,
+    augmentation, accumulation and clipping; tasks come from ``sampler`` instead of the shard stream."""
+    torch.manual_seed(cfg.seed)
+    net = PudNet(cfg.model)
+    optimizer, schedule = optimizer_and_schedule(net, cfg)
+    start = time.perf_counter()
+    for step in range(cfg.steps):
+        tasks = [local_task(cfg, sampler, step * cfg.tasks_per_step + i) for i in range(cfg.tasks_per_step)]
+        loss, acc = train_step(net, optimizer, [Episode.from_subdataset(t, net) for t in tasks], cfg.grad_clip)
+        schedule.step()
+        if log_every and (step + 1) % log_every == 0:
+            print(f"step {step + 1}/{cfg.steps} loss {loss:.3f} acc {acc:.3f} "
+                  f"({time.perf_counter() - start:.0f} s)", flush=True)
+    return net.eval()
