@@ -21,7 +21,6 @@ import argparse
 import platform
 import time
 
-import numpy as np
 import torch
 
 from heads import whole_tasks  # bench/heads.py: the same whole-dataset tasks

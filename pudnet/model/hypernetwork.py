@@ -26,7 +26,6 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .conditioning import ActivationFiLM
 from .config import PudNetConfig

@@ -151,7 +151,7 @@ def test_download_cut_off_midway_is_an_error_and_nothing_written(stub, folder, t
     """The server streams the file with its Content-Length: a stream that breaks off is caught, not saved."""
     Stub.cut = len(WEIGHTS) // 2
     out = tmp_path / "w.safetensors"
-    assert cli.main(["predict", "--endpoint", stub, "--data", str(folder), "--out", str(out), "--retries", "0"]) == 1
+    assert client.main(["predict", "--endpoint", stub, "--data", str(folder), "--out", str(out), "--retries", "0"]) == 1
     assert "broke off" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == [folder]
 

@@ -212,6 +212,6 @@ def test_render_fills_missing_caches_in_worker_processes(monkeypatch, tmp_path):
     monkeypatch.setenv("PUDNET_CACHE_DIR", str(tmp_path))      # the spawned workers inherit it
     done = bank.render(["digits", "emoji_sets"], 8, 30, workers=2)   # emoji_sets: no npm packages under tmp_path
     assert set(done) == {"digits"} and done["digits"] > 0
-    assert datasets.cache_path(tmp_path, "digits", 8, 30).exists()
-    assert not datasets.cache_path(tmp_path, "emoji_sets", 8, 30).exists()
+    assert sources.cache_path(tmp_path, "digits", 8, 30).exists()
+    assert not sources.cache_path(tmp_path, "emoji_sets", 8, 30).exists()
     assert bank.render(["digits"], 8, 30, workers=2) == {}      # cached: nothing to do
