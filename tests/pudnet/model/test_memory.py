@@ -50,7 +50,7 @@ def test_200_way_resnet18_prediction_stays_under_the_memory_ceiling():
     ceiling = 16
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", SCRIPT, str(ceiling)], capture_output=True, text=True, env=env,
-                         cwd=Path(__file__).parents[2], timeout=300)
+                         cwd=Path(__file__).parents[3], timeout=300)  # the repository root
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.splitlines()[-1])
     assert result["chunk"] < 1000, result
