@@ -32,7 +32,7 @@ from jobs.progress import METRICS_FILE, read_records
 from pudnet import PudNet, PudNetConfig
 from pudnet.model import checkpoint
 from pudnet.evaluation import plots
-from pudnet.overrides import apply_overrides, from_dict
+from pudnet.overrides import CONFIG, apply_overrides, from_dict
 from pudnet.data.tasks import ClassSplit, SubDatasetSampler, split_classes
 from pudnet.evaluation.episodes import ALL_METHODS, TASK_METHODS, Evaluator, SGDSettings, evaluate_tasks, markdown_table
 from pudnet.data.shards import Catalog, read_class_bank
@@ -46,6 +46,8 @@ OUTPUTS = {"markdown": "eval.md", "json": "eval.json", "plot": "eval.png", "curv
 class WholeSettings:
     """The whole-dataset protocol: one task per left-out source, one of ``classes`` held-out classes."""
 
+    __pydantic_config__ = CONFIG        # unknown keys raise (pudnet.overrides)
+
     shots: tuple[int, ...] = (10, 100, 0)   # S train images per class; 0: all of them
     classes: int = 10                       # intra setting: seeded held-out classes in the task
     val_fraction: float = 0.1               # of each class's S images: Adam's validation split (early stopping)
@@ -57,6 +59,7 @@ class WholeSettings:
 
 @dataclass(frozen=True)
 class EvalConfig:
+    __pydantic_config__ = CONFIG        # unknown keys raise (pudnet.overrides)
     checkpoint: str = ""            # checkpoint dir, model.safetensors or run dir; empty only with --smoke-test
     protocols: tuple[str, ...] = ("tasks", "whole")
     tasks: int = 50                 # sub-datasets per setting (N)

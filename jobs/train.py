@@ -43,7 +43,7 @@ from jobs.sharding import default_data_dir, prepare_sources, source_root
 from jobs.stream import make_stream
 from pudnet import PudNet, PudNetConfig
 from pudnet.model import recipe
-from pudnet.overrides import apply_overrides, from_dict
+from pudnet.overrides import CONFIG, apply_overrides, from_dict
 from pudnet.data.tasks import ClassSplit, SubDatasetSampler
 from pudnet.evaluation.episodes import FAST_METHODS
 from pudnet.model.meta import Episode, episode_loss, train_step
@@ -56,6 +56,8 @@ from pudnet.data.stream import class_split, subdatasets, trainable_classes
 @dataclass
 class TrainConfig:
     """Everything a run needs; printed first, stored in every checkpoint."""
+
+    __pydantic_config__ = CONFIG        # unknown keys raise (pudnet.overrides)
 
     model: PudNetConfig = field(default_factory=PudNetConfig)  # hypernetwork and target (pudnet.model.config)
     sources: tuple[str, ...] = DEFAULT_SOURCES   # the embedded ones (pudnet.data.sources)

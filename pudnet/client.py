@@ -2,8 +2,8 @@
 
     pudnet predict --endpoint http://127.0.0.1:8000 --data pets/ --arch resnet18 --out weights.safetensors
 
-A 503 (a replica lost or still starting) or a broken connection is retried with exponential backoff, at
-most ``--retries`` times, each retry said on stderr; every other error is final.
+A 503 (a replica lost or still starting), a broken connection or a download cut off midway is retried with
+exponential backoff, at most ``--retries`` times, each retry said on stderr; every other error is final.
 
 ``--data`` is an ImageFolder directory (``<class_name>/<image>``, zipped on the fly), a zip or tar archive of
 one, or an ``.npz`` with ``images`` (N, H, W[, C]) uint8 and ``labels`` (N,) ints; ``--server-path`` instead
@@ -93,7 +93,8 @@ def backoff_s(attempt: int, retry_after: float | None, base_s: float = 1.0, cap_
 def predict(endpoint: str, out: Path, arch: str, out_format: str, data: Path | None = None,
             server_path: str | None = None, timeout_s: float = 600, retries: int = 4, dtype: str = "float32") -> Path:
     """POST the dataset, write the response to ``out`` atomically; ClientError with the server's message.
-    503s and broken connections are retried up to ``retries`` times with exponential backoff."""
+    503s, broken connections and downloads cut off midway are retried up to ``retries`` times with exponential
+    backoff."""
     for attempt in range(retries + 1):
         try:
             params = {"arch": arch, "format": out_format, **({"dtype": dtype} if dtype != "float32" else {})}
@@ -131,8 +132,8 @@ def _predict_once(endpoint: str, out: Path, params: dict[str, str], data: Path |
             with atomic_path(out) as tmp, open(tmp, "wb") as f:
                 for chunk in response.iter_content(1 << 20):
                     f.write(chunk)
-        except requests.RequestException as e:
-            raise ClientError(f"the download from {url} broke off: {e}") from e
+        except requests.RequestException as e:   # the replica streaming it died: another one can answer
+            raise Retryable(f"the download from {url} broke off: {e}") from e
     return out
 
 

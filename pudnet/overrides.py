@@ -1,52 +1,45 @@
-"""Typed configs from plain values: a dataclass from a dict (YAML, JSON, ``asdict``) and ``key=value`` overrides,
-with type checks and errors that name the field. Used by every config: PudNetConfig, TrainConfig, EvalConfig."""
+"""Typed configs from plain values: a dataclass from a dict (YAML, JSON, ``asdict``) and ``key=value`` overrides.
+
+pydantic does the type checks and coercion (``"3"`` -> 3, ``"yes"`` -> True, lists -> tuples; 1.5 is no int) and
+refuses unknown keys; this module turns its errors into one-line ValueErrors that name the field. Every config
+dataclass (PudNetConfig, TrainConfig, EvalConfig and the ones nested in them) sets
+``__pydantic_config__ = CONFIG``, or pydantic would silently drop an unknown key in it.
+"""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import typing
 
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
-def _coerce(name: str, value, kind):
-    """Turn a command-line or YAML value into the field's declared type, or raise naming the field."""
-    origin = typing.get_origin(kind)
-    try:
-        if kind is bool:
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(value)
-                return value.lower() in ("true", "1", "yes")
-            if not isinstance(value, bool):
-                raise ValueError(value)
-            return value
-        if kind in (int, float):
-            if isinstance(value, bool) or (kind is int and isinstance(value, float) and not value.is_integer()):
-                raise ValueError(value)
-            return kind(value)
-        if kind is str:
-            if not isinstance(value, (str, int, float)):
-                raise ValueError(value)
-            return str(value)
-        if origin in (tuple, list):
-            if isinstance(value, str):
-                value = json.loads(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
-            args = typing.get_args(kind)
-            item = args[0] if args else str
-            return tuple(_coerce(name, v, item) for v in value)
-        if kind is dict or origin is dict:
-            value = json.loads(value) if isinstance(value, str) else value
-            if not isinstance(value, dict):
-                raise ValueError(value)
-            return dict(value)
-        if dataclasses.is_dataclass(kind):
-            if isinstance(value, kind):
-                return value
-            if not isinstance(value, dict):
-                raise ValueError(value)
-            return from_dict(kind, value)
-    except (TypeError, ValueError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{name}={value!r}: expected {getattr(kind, '__name__', kind)}") from exc
-    raise TypeError(f"{name}: unsupported field type {kind}")
+CONFIG = ConfigDict(extra="forbid", coerce_numbers_to_str=True)   # YAML `name: 123` is the string "123"
+
+
+@functools.cache
+def _adapter(cls) -> TypeAdapter:
+    return TypeAdapter(cls)
+
+
+def _known(cls, path: tuple) -> list[str]:
+    """The field names of the dataclass nested at ``path`` in ``cls``."""
+    for part in path:
+        cls = typing.get_type_hints(cls)[part]
+    return sorted(f.name for f in dataclasses.fields(cls))
+
+
+def _message(cls, error: dict) -> str:
+    """One pydantic error as ``field=value: what is wrong``, with the dotted field name."""
+    loc = tuple(error["loc"])
+    field = ".".join(map(str, loc))
+    if error["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
+        return f"unknown {cls.__name__} key {field!r}; known: {_known(cls, loc[:-1])}"
+    if error["type"] == "value_error":            # raised by a __post_init__: its message names the fields
+        return f"{field}: {error['ctx']['error']}" if field else str(error["ctx"]["error"])
+    if error["type"] == "missing":                # a fixed-length tuple given too few items
+        return f"{field}: {error['msg']}"
+    return f"{field}={error['input']!r}: {error['msg']}"
 
 
 def from_dict(cls, values: dict):
@@ -54,12 +47,19 @@ def from_dict(cls, values: dict):
 
     Nested dataclass fields take a nested dict. An unknown key raises, listing the known ones.
     """
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(values) - known
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys {sorted(unknown)}; known: {sorted(known)}")
-    return cls(**{k: _coerce(k, v, hints[k]) for k, v in values.items()})
+    try:
+        return _adapter(cls).validate_python(values)
+    except ValidationError as exc:
+        raise ValueError("; ".join(_message(cls, e) for e in exc.errors())) from None
+
+
+def _parse(value: str, current):
+    """A command-line string for a field whose value is now ``current``: lists as ``a,b`` or JSON, dicts as JSON."""
+    if isinstance(current, (tuple, list)):
+        return json.loads(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+    if isinstance(current, dict):
+        return json.loads(value)
+    return value
 
 
 def apply_overrides(cfg, overrides: list[str]):
@@ -77,5 +77,8 @@ def apply_overrides(cfg, overrides: list[str]):
             node = node[part]
         if leaf not in node:
             raise ValueError(f"override {item!r}: unknown key {key!r}; known: {sorted(node)}")
-        node[leaf] = value
+        try:
+            node[leaf] = _parse(value, node[leaf])
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"override {item!r}: not JSON ({exc.msg})") from None
     return from_dict(type(cfg), values)

@@ -127,6 +127,22 @@ def test_config_rejects_unknown_methods_and_keys():
         evaluate.apply_overrides(evaluate.EvalConfig(), ["epochs=3"])
 
 
+def test_every_nested_config_refuses_unknown_keys_and_stored_configs_load_back():
+    """pydantic drops an unknown key silently in a dataclass without CONFIG: every level must refuse one."""
+    for cls, nested in ((TrainConfig, "model"), (evaluate.EvalConfig, "sgd"), (evaluate.EvalConfig, "whole"),
+                        (evaluate.EvalConfig, "whole.sgd")):
+        values = {}
+        node = values
+        for part in nested.split("."):
+            node = node.setdefault(part, {})
+        node["typo"] = 1
+        with pytest.raises(ValueError, match=f"unknown {cls.__name__} key '{nested}.typo'"):
+            evaluate.from_dict(cls, values)
+    smoke = load_config(overrides=["sources=mnist,digits", "heldout_sources=digits"])
+    for cfg in (TrainConfig(), evaluate.EvalConfig(), smoke):   # checkpoints store asdict as JSON: tuples -> lists
+        assert evaluate.from_dict(type(cfg), json.loads(json.dumps(dataclasses.asdict(cfg)))) == cfg
+
+
 @pytest.fixture(scope="module")
 def recorded_checkpoint(tiny_checkpoint, pypi_bank, tmp_path_factory):
     """The shared tiny checkpoint re-saved with the run record jobs/train.py writes, over shards of its bank."""

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from pudnet.data.tasks import SubDataset
 from pudnet.model.hypernetwork import PudNet, prototype_head
 from pudnet.model.targets import build
+from pudnet.overrides import CONFIG
 
 FAST_METHODS = ("random_init", "ncm_pixels", "random_prototype", "pudnet")
 CHUNK = 512          # images per forward pass when a method scores or featurises many images
@@ -28,6 +29,8 @@ CHUNK = 512          # images per forward pass when a method scores or featurise
 @dataclass(frozen=True)
 class SGDSettings:
     """Optimiser for SGD from scratch and for fine-tuning PudNet's prediction."""
+
+    __pydantic_config__ = CONFIG        # unknown keys raise (pudnet.overrides)
 
     lr: float = 1e-3
     batch_size: int = 10                  # SGD from scratch

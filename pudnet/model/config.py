@@ -5,7 +5,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
-from pudnet.overrides import from_dict
+from pudnet.overrides import CONFIG, from_dict
 
 ARCHITECTURES = ("convnet", "resnet18")
 HEADS = ("ridge", "prototype", "generated")
@@ -19,6 +19,8 @@ class PudNetConfig:
     ``target_kwargs`` go to the target builder (``pudnet.model.targets.build``), e.g.
     ``{"depth": 3, "width": 64}`` for ``convnet``.
     """
+
+    __pydantic_config__ = CONFIG        # unknown keys raise (pudnet.overrides)
 
     arch: str = "convnet"               # target network: one of ARCHITECTURES
     target_kwargs: dict = field(default_factory=lambda: {"depth": 3, "width": 64, "pool": 4})

@@ -22,7 +22,7 @@ class Stub(BaseHTTPRequestHandler):
 
     requests: list[dict] = []
     reply = (200, "application/octet-stream", WEIGHTS)
-    before: list[tuple] = []  # replies (status, content type, body) given first, one per request, then ``reply``
+    before: list[tuple] = []  # replies (status, content type, body[, cut]) given first, one per request, then ``reply``
     cut: int | None = None    # send only this many body bytes, then close: a stream broken off midway
 
     def do_POST(self):
@@ -31,15 +31,15 @@ class Stub(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         Stub.requests.append({"path": url.path, "query": parse_qs(url.query), "body": body, "chunked": chunked,
                               "content_type": self.headers["Content-Type"]})
-        status, kind, payload = Stub.before.pop(0) if Stub.before else Stub.reply
+        status, kind, payload, cut = (*Stub.before.pop(0), None)[:4] if Stub.before else (*Stub.reply, Stub.cut)
         self.send_response(status)
         if status == 503:
             self.send_header("Retry-After", "0")
         self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
-        self.wfile.write(payload[:Stub.cut])
-        self.close_connection = Stub.cut is not None
+        self.wfile.write(payload[:cut])
+        self.close_connection = cut is not None
 
     def log_message(self, *args):
         pass
@@ -154,6 +154,19 @@ def test_download_cut_off_midway_is_an_error_and_nothing_written(stub, folder, t
     assert client.main(["predict", "--endpoint", stub, "--data", str(folder), "--out", str(out), "--retries", "0"]) == 1
     assert "broke off" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == [folder]
+
+
+def test_download_cut_off_then_a_good_one_succeeds(stub, folder, tmp_path, capsys, monkeypatch):
+    """A replica killed while streaming the file: the retry's whole, intact file is what gets written."""
+    slept = []
+    monkeypatch.setattr(client.time, "sleep", slept.append)
+    Stub.before = [(200, "application/octet-stream", WEIGHTS, len(WEIGHTS) // 2)]
+    out = tmp_path / "w.safetensors"
+    assert client.main(["predict", "--endpoint", stub, "--data", str(folder), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "broke off" in err and "retry 1/4 in 1 s" in err
+    assert len(Stub.requests) == 2 and out.read_bytes() == WEIGHTS and slept == [1]
+    assert sorted(tmp_path.iterdir()) == sorted([folder, out])
 
 
 def test_503_is_retried_and_said(stub, folder, tmp_path, capsys):
