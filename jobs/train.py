@@ -291,4 +291,5 @@ def fit(cfg: TrainConfig, roots: list[str], split: ClassSplit, classes: list[str
 
 
 if __name__ == "__main__":
-    run_job(main)
+    from jobs import train  # the importable module, not __main__: Ray pickles TrainConfig by reference, so the
+    run_job(train.main)     # workers' dataclass is the real one (pydantic refuses a by-value copy's fields)
