@@ -12,8 +12,9 @@ images per class, every test image of those classes.
 
 The conditioning ablation: the prediction for one dataset while the body is generated from ANOTHER dataset
 (MNIST for the inter task, Fashion-MNIST for the intra one, same S): its sketch ("foreign sketch") or its
-sketch and its support activations ("foreign sketch + activations"). BatchNorm statistics and the head still
-come from the true support set, so the drop is what the data-dependent body is worth.
+sketch and its support images ("foreign sketch + support data": the activations the conditioning reads, and
+the images the refinement steps on). BatchNorm statistics and the head still come from the true support set,
+so the drop is what the data-dependent body is worth.
 """
 from __future__ import annotations
 
@@ -38,6 +39,8 @@ VARIANTS = {  # name -> TrainConfig overrides on top of the defaults and --set
     "conditioning, no gate penalty": ["model.conditioning=activations", "model.gate_penalty=0"],
     "conditioning, varied K and S": ["model.conditioning=activations", "ways_max=10", "shots_max=100",
                                      "max_support=300"],
+    "refined body": ["model.refine_steps=1"],
+    "refined body, 2 steps": ["model.refine_steps=2"],
 }
 BASELINES = ("ncm_pixels", "random_prototype", "linear_probe")
 ADAM = ("sgd_1epoch", "sgd_converged")
@@ -78,8 +81,8 @@ def main() -> None:
             rows += [(METHOD_LABELS[m], {key: s[m][0] for key, s in scores.items()}, None) for m in methods[1:]]
         rows.append((name, {key: s["pudnet"][0] for key, s in scores.items()}, train_s))
         print(rows[-1], flush=True)
-        for label, activations in (("foreign sketch", False), ("foreign sketch + activations", True)):
-            if activations and cfg.model.conditioning == "none":
+        for label, activations in (("foreign sketch", False), ("foreign sketch + support data", True)):
+            if activations and cfg.model.conditioning == "none" and not cfg.model.refine_steps:
                 continue
             acc = {}
             for key, task in tasks.items():

@@ -59,21 +59,26 @@ class ActivationFiLM(nn.Module):
 @contextlib.contextmanager
 def foreign_conditioning(model, x: torch.Tensor, y: torch.Tensor, k: int, activations: bool):
     """The ablation of the conditioning: while inside, ``model`` (a PudNet) generates its body from (x, y) of
-    ANOTHER dataset: its sketch, and with ``activations`` its BatchNorm modulations too. BatchNorm statistics
-    and the head still come from the support set the model is called with."""
-    recorded, modulation, encode = {}, model.modulation, model.encoder.forward
+    ANOTHER dataset: its sketch, and with ``activations`` its BatchNorm modulations and its refined body
+    (``PudNet.refine_body``, pudnet.model.refine) too. BatchNorm statistics and the head still come from the
+    support set the model is called with."""
+    recorded, modulation, encode, refine = {}, model.modulation, model.encoder.forward, model.refine_body
     def record(name, *args):
         recorded[name] = modulation(name, *args)
         return recorded[name]
     def record_sketch(*args):
         recorded["sketch"] = encode(*args)
         return recorded["sketch"]
+    def record_refined(*args):
+        recorded["refined"] = refine(*args)
+        return recorded["refined"]
     try:
-        model.modulation, model.encoder.forward = record, record_sketch
+        model.modulation, model.encoder.forward, model.refine_body = record, record_sketch, record_refined
         with torch.no_grad():
             model(x, y, k)
         model.encoder.forward = lambda *args: recorded["sketch"]
         model.modulation = (lambda name, *args: recorded[name]) if activations else modulation
+        model.refine_body = (lambda *args: recorded["refined"]) if activations else refine
         yield
     finally:
-        del model.encoder.forward, model.modulation
+        del model.encoder.forward, model.modulation, model.refine_body

@@ -38,6 +38,9 @@ class PudNetConfig:
     conditioning: str = "none"          # "activations": gated FiLM of every BatchNorm affine from the support
                                         # activations entering it (pudnet.model.conditioning); "none": sketch only
     gate_penalty: float = 1e-3          # L2 penalty on those gates (TADAM)
+    refine_steps: int = 0               # > 0: that many learned, normalised gradient steps on the generated body
+                                        # by its split-half ridge loss on the support set (pudnet.model.refine)
+    refine_per_class: int = 32          # the refinement reads at most this many support images per class
     sketch_per_class: int = 64          # the dataset encoder reads at most this many support images per class
     stats_images: int = 512             # BatchNorm statistics come from at most this many support images
     memory_mb: int = 512                # support images pass through in chunks whose activations fit in this
@@ -49,6 +52,10 @@ class PudNetConfig:
             raise ValueError(f"conditioning={self.conditioning!r}: expected one of {CONDITIONINGS}")
         if self.gate_penalty < 0:
             raise ValueError(f"gate_penalty={self.gate_penalty}: expected >= 0")
+        if self.refine_steps < 0:
+            raise ValueError(f"refine_steps={self.refine_steps}: expected >= 0")
+        if self.refine_per_class < 2:
+            raise ValueError(f"refine_per_class={self.refine_per_class}: expected >= 2 (two halves)")
         if self.head not in HEADS:
             raise ValueError(f"head={self.head!r}: expected one of {HEADS}")
         if not 2 <= self.max_classes <= 1000:

@@ -31,6 +31,7 @@ from .conditioning import ActivationFiLM
 from .config import PudNetConfig
 from pudnet.data.tasks import normalize
 from .heads import HeadMoments, class_means, prototype_from_means, prototype_head, ridge_head, spread_sample
+from .refine import BodyRefinement, split_half_loss
 from .targets import KINDS, LayerSpec, TargetRunner
 
 
@@ -154,6 +155,9 @@ class PudNet(nn.Module):
         if cfg.conditioning == "activations":
             self.film = nn.ModuleDict({layer.name.replace(".", "/"): ActivationFiLM(layer.weight_shape[0], cfg.hidden)
                                        for layer in spec.body if layer.kind == "norm"})
+        if cfg.refine_steps:
+            names = [f"{layer.name}.{p}" for layer in spec.body for p in ("weight", "bias")[:1 + (layer.kind == "norm")]]
+            self.refine = BodyRefinement(names, cfg.refine_steps)
         if cfg.head == "ridge":       # lambda relative to the features' spread, and the logits' scale, learned
             self.log_lambda = nn.Parameter(torch.tensor(0.0))
             self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
@@ -210,6 +214,8 @@ class PudNet(nn.Module):
                 body[f"{layer.name}.weight"] = generated
             else:
                 body[f"{layer.name}.weight"], body[f"{layer.name}.bias"] = generated
+        if self.cfg.refine_steps:
+            body = self.refine_body(body, x, labels, num_classes, order, rank, chunk)
         sample_labels = labels if stats_rows is None else labels[stats_rows]
         modulate = None
         if self.cfg.conditioning == "activations":
@@ -234,6 +240,24 @@ class PudNet(nn.Module):
         """Norm layer ``name``'s (weight, bias) from its normalised support input z (N, C, H, W) with ``labels``
         (pudnet.model.conditioning); one method, so an ablation can feed it another dataset's activations."""
         return self.film[name.replace(".", "/")](z, labels, num_classes, state, weight, bias)
+
+    def refine_body(self, body: dict[str, torch.Tensor], x: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                    order: torch.Tensor, rank: torch.Tensor, chunk: int) -> dict[str, torch.Tensor]:
+        """The body after ``cfg.refine_steps`` steps on its split-half ridge loss over at most
+        ``cfg.refine_per_class`` images per class (and one chunk) of x, halves by the seeded rank's parity
+        (pudnet.model.refine); one method, so an ablation can feed it another dataset."""
+        n = min(int((rank < self.cfg.refine_per_class).sum()), chunk)      # order is by rank: a stratified prefix
+        rows = order[:n]
+        sx, sy, half = self._inputs(x, rows), labels[rows], rank[:n] % 2 == 1
+        if self.cfg.head == "ridge":
+            log_lambda, scale = self.log_lambda.detach(), self.log_scale.detach().exp()
+        else:
+            log_lambda, scale = torch.zeros((), device=x.device), torch.full((), 10.0, device=x.device)
+
+        def loss(weights):
+            features = self.target.support_pass(weights, sx)[1]
+            return split_half_loss(features, sy, half, num_classes, log_lambda, scale)
+        return self.refine(body, loss)
 
     def penalty(self) -> torch.Tensor | float:
         """The L2 penalty on the conditioning gates (TADAM), added to the meta-training loss."""
