@@ -41,6 +41,7 @@ class PudNetConfig:
     refine_steps: int = 0               # > 0: that many learned, normalised gradient steps on the generated body
                                         # by its split-half ridge loss on the support set (pudnet.model.refine)
     refine_per_class: int = 32          # the refinement reads at most this many support images per class
+    refine_alpha_init: float = 0.0      # the refinement's learned step sizes start here (0: the unrefined body)
     sketch_per_class: int = 64          # the dataset encoder reads at most this many support images per class
     stats_images: int = 512             # BatchNorm statistics come from at most this many support images
     memory_mb: int = 512                # support images pass through in chunks whose activations fit in this

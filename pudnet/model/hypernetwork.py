@@ -157,7 +157,7 @@ class PudNet(nn.Module):
                                        for layer in spec.body if layer.kind == "norm"})
         if cfg.refine_steps:
             names = [f"{layer.name}.{p}" for layer in spec.body for p in ("weight", "bias")[:1 + (layer.kind == "norm")]]
-            self.refine = BodyRefinement(names, cfg.refine_steps)
+            self.refine = BodyRefinement(names, cfg.refine_steps, cfg.refine_alpha_init)
         if cfg.head == "ridge":       # lambda relative to the features' spread, and the logits' scale, learned
             self.log_lambda = nn.Parameter(torch.tensor(0.0))
             self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))

@@ -38,12 +38,12 @@ def split_half_loss(features: torch.Tensor, labels: torch.Tensor, half: torch.Te
 
 class BodyRefinement(nn.Module):
     """``steps`` normalised gradient steps on the generated body tensors ``names``, one learned size per
-    (step, tensor), starting at 0 (the identity)."""
+    (step, tensor), starting at ``alpha_init`` (0: the identity)."""
 
-    def __init__(self, names: list[str], steps: int):
+    def __init__(self, names: list[str], steps: int, alpha_init: float = 0.0):
         super().__init__()
         self.names = list(names)
-        self.alpha = nn.Parameter(torch.zeros(steps, len(self.names)))
+        self.alpha = nn.Parameter(torch.full((steps, len(self.names)), alpha_init))
 
     def forward(self, body: dict[str, torch.Tensor], loss_fn) -> dict[str, torch.Tensor]:
         """body: generated tensors (with their graph); loss_fn(body) -> scalar support loss. Returns theta'."""

@@ -76,3 +76,8 @@ def test_refine_per_class_is_checked():
         PudNetConfig(refine_per_class=1)
     with pytest.raises(ValueError, match="refine_steps"):
         PudNetConfig(refine_steps=-1)
+
+
+def test_step_sizes_start_at_alpha_init():
+    model = PudNet(PudNetConfig(**SMALL, refine_steps=2, refine_alpha_init=0.05))
+    assert model.refine.alpha.shape == (2, 6) and torch.all(model.refine.alpha == 0.05)
