@@ -40,7 +40,8 @@ VARIANTS = {  # name -> TrainConfig overrides on top of the defaults and --set
     "conditioning, varied K and S": ["model.conditioning=activations", "ways_max=10", "shots_max=100",
                                      "max_support=300"],
     "refined body": ["model.refine_steps=1"],
-    "refined body, 2 steps": ["model.refine_steps=2"],
+    "refined body, 3 steps": ["model.refine_steps=3"],
+    "refined body, 10 steps from 0.06": ["model.refine_steps=10", "model.refine_alpha_init=0.06"],
 }
 BASELINES = ("ncm_pixels", "random_prototype", "linear_probe")
 ADAM = ("sgd_1epoch", "sgd_converged")
