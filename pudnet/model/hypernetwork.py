@@ -156,7 +156,8 @@ class PudNet(nn.Module):
             self.film = nn.ModuleDict({layer.name.replace(".", "/"): ActivationFiLM(layer.weight_shape[0], cfg.hidden)
                                        for layer in spec.body if layer.kind == "norm"})
         if cfg.refine_steps:
-            names = [f"{layer.name}.{p}" for layer in spec.body for p in ("weight", "bias")[:1 + (layer.kind == "norm")]]
+            names = [f"{layer.name}.{p}" for layer in spec.body
+                     for p in ("weight", "bias")[:1 + (layer.kind == "norm")]]
             self.refine = BodyRefinement(names, cfg.refine_steps, cfg.refine_alpha_init)
         if cfg.head == "ridge":       # lambda relative to the features' spread, and the logits' scale, learned
             self.log_lambda = nn.Parameter(torch.tensor(0.0))
@@ -184,9 +185,10 @@ class PudNet(nn.Module):
 
         Cost and memory stay linear in N and bounded (issue 12): the dataset encoder reads at most
         ``cfg.sketch_per_class`` images per class, and the BatchNorm statistics come from one pass over a
-        class-stratified sample of at most ``cfg.stats_images`` images (and at most one chunk); both samples
-        are seeded by ``seed``. The head then reads every image, in chunks whose activations fit in
-        ``memory_mb``; without autograd only the head's F x F moments are kept (``pudnet.model.heads.HeadMoments``).
+        class-stratified sample of at most ``cfg.stats_images`` images (and at most one chunk); with
+        ``cfg.refine_steps``, each refinement step reads at most ``cfg.refine_per_class`` images per class (and
+        one chunk); all samples are seeded by ``seed``. The head then reads every image, in chunks whose
+        activations fit in ``memory_mb``; without autograd only the head's F x F moments are kept (``pudnet.model.heads.HeadMoments``).
 
         Args:
             x: (N, 3, R, R) normalised support images, or (N, R, R, 3) uint8 pixels (normalised chunk by chunk).

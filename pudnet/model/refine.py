@@ -9,12 +9,14 @@ MAML (Finn et al. 2017), Meta-SGD (Li et al. 2017, learned per-parameter step si
     theta'_l = theta_l - alpha_{t,l} * rms(w_l) * g_l / rms(g_l),    g = d L_split / d theta  (first order)
 
 with w_l the weight of the layer that tensor l belongs to (its own, or a BatchNorm's for its bias, which starts
-at 0), so alpha is a step relative to the layer's scale, and where L_split is the ridge head's split-half loss on a seeded sample of at most ``refine_per_class`` support
-images per class: the head is fitted on one half and scores the other, and the reverse. g is computed on a
-detached copy of theta (no second-order terms, and the same code at prediction under ``torch.no_grad``), so
-each step costs one forward and one backward pass of the target over the sample. The step sizes alpha start
-at 0, so training starts from the unrefined body; their meta-gradient is -<dL_query/dtheta', step>, which
-is not zero at alpha = 0 (a zero gate times a zero-initialised net, the conditioning's first try, was).
+at 0), so alpha is a step relative to the layer's scale. L_split is the ridge head's split-half loss on a seeded
+sample of at most ``refine_per_class`` support images per class (and one chunk): the head is fitted on one half
+and scores the other, and the reverse. g is computed on a detached copy of theta (no second-order terms, and the
+same code at prediction under ``torch.no_grad``), so each step costs one forward and one backward pass of the
+target over the sample. The step sizes alpha start at ``refine_alpha_init`` (0: training starts from the
+unrefined body); their meta-gradient is -<dL_query/dtheta', step>, which is not zero at alpha = 0 (a zero gate
+times a zero-initialised net, the conditioning's first try, was).
+Measured in bench/results_ablations.md: opt-in, since ten steps cost more than the rest of a prediction.
 """
 from __future__ import annotations
 
