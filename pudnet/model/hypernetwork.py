@@ -188,7 +188,8 @@ class PudNet(nn.Module):
         class-stratified sample of at most ``cfg.stats_images`` images (and at most one chunk); with
         ``cfg.refine_steps``, each refinement step reads at most ``cfg.refine_per_class`` images per class (and
         one chunk); all samples are seeded by ``seed``. The head then reads every image, in chunks whose
-        activations fit in ``memory_mb``; without autograd only the head's F x F moments are kept (``pudnet.model.heads.HeadMoments``).
+        activations fit in ``memory_mb``; without autograd only the head's F x F moments are kept
+        (``pudnet.model.heads.HeadMoments``).
 
         Args:
             x: (N, 3, R, R) normalised support images, or (N, R, R, 3) uint8 pixels (normalised chunk by chunk).
@@ -250,7 +251,10 @@ class PudNet(nn.Module):
         (pudnet.model.refine); one method, so an ablation can feed it another dataset."""
         n = min(int((rank < self.cfg.refine_per_class).sum()), chunk)      # order is by rank: a stratified prefix
         rows = order[:n]
-        sx, sy, half = self._inputs(x, rows), labels[rows], rank[:n] % 2 == 1
+        half = rank[:n] % 2 == 1
+        if half.all() or not half.any():                                    # one image per class: no split
+            return body
+        sx, sy = self._inputs(x, rows), labels[rows]
         if self.cfg.head == "ridge":
             log_lambda, scale = self.log_lambda.detach(), self.log_scale.detach().exp()
         else:

@@ -95,3 +95,10 @@ def test_refined_resnet18_loads_into_torchvision():
     net.load_state_dict(weights)                                          # strict
     with torch.no_grad():
         assert torch.allclose(net.eval()(x), model.target(weights, x), atol=1e-3)
+
+
+def test_one_image_per_class_leaves_the_body_unrefined():
+    x, y = support(3, per_class=1)
+    with torch.no_grad():
+        a, b = refined(0.1)(x, y, 3), refined(0.0)(x, y, 3)
+    assert all(torch.isfinite(a[k]).all() and torch.allclose(a[k], b[k]) for k in a)
