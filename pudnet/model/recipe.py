@@ -28,11 +28,14 @@ def lr_factor(step: int, steps: int, warmup_steps: int, schedule: str) -> float:
 
 def optimizer_and_schedule(net: PudNet, cfg) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW over ``net`` with the base kernels at ``cfg.base_lr_scale`` times ``cfg.lr`` (TADAM: a slower
-    base cannot absorb what the data-dependent path should learn), and the warm-up + cosine/constant schedule."""
-    base, rest = [], []
-    for name, p in net.named_parameters():
-        (base if name.startswith("generators.") and name.endswith(BASE_PARAMETERS) else rest).append(p)
-    groups = [{"params": rest, "lr": cfg.lr}, {"params": base, "lr": cfg.lr * cfg.base_lr_scale}]
+    base cannot absorb what the data-dependent path should learn), and the warm-up + cosine/constant schedule.
+    The base kernels get their own parameter group only when the scale is not 1."""
+    groups = [{"params": list(net.parameters())}]   # one group at scale 1: an optimiser state saved before
+    if cfg.base_lr_scale != 1:                        # base_lr_scale existed (one group) still resumes
+        base, rest = [], []
+        for name, p in net.named_parameters():
+            (base if name.startswith("generators.") and name.endswith(BASE_PARAMETERS) else rest).append(p)
+        groups = [{"params": rest, "lr": cfg.lr}, {"params": base, "lr": cfg.lr * cfg.base_lr_scale}]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.lr_schedule))

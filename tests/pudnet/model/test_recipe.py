@@ -1,11 +1,15 @@
-"""The meta-training recipe (pudnet.model.recipe): the in-process tasks."""
+"""The meta-training recipe (pudnet.model.recipe): the optimiser's resume contract and the in-process tasks."""
 import types
 
 import numpy as np
+import torch
 
+from pudnet import PudNet, PudNetConfig
 from pudnet.data.tasks import ClassBank, SubDatasetSampler, task_shape
-from pudnet.model.recipe import local_tasks
+from pudnet.model.meta import Episode, train_step
+from pudnet.model.recipe import local_tasks, optimizer_and_schedule
 
+SMALL = dict(target_kwargs={"depth": 2, "width": 16}, encoder_width=8, hidden=16, layer_embedding=8, max_classes=6)
 
 
 def recipe(**overrides) -> types.SimpleNamespace:
@@ -20,6 +24,24 @@ def bank(classes: int = 6, per_class: int = 30) -> ClassBank:
     rng = np.random.default_rng(0)
     return ClassBank(rng.integers(0, 256, (classes * per_class, 32, 32, 3), dtype=np.uint8),
                      np.repeat(np.arange(classes), per_class), tuple(f"a/{c}" for c in range(classes)))
+
+
+def test_an_optimiser_state_of_one_group_resumes_at_base_lr_scale_1():
+    """Checkpoints written before base_lr_scale existed hold AdamW(net.parameters()): one group."""
+    torch.manual_seed(0)
+    net = PudNet(PudNetConfig(**SMALL))
+    old = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.01)
+    sampler = SubDatasetSampler(bank(), [f"a/{c}" for c in range(6)], seed=0)
+    train_step(net, old, [Episode.from_subdataset(sampler.sample(0, 3, 2, 2), net)])
+    saved = old.state_dict()
+    optimizer, _ = optimizer_and_schedule(net, recipe())
+    optimizer.load_state_dict(saved)
+    assert len(optimizer.param_groups) == 1
+    for p in net.parameters():
+        assert torch.equal(optimizer.state[p]["exp_avg"], old.state[p]["exp_avg"])
+    train_step(net, optimizer, [Episode.from_subdataset(sampler.sample(1, 3, 2, 2), net)])
+    assert all(optimizer.state[p]["step"].item() == 2 for p in net.parameters() if p.grad is not None)
+    assert len(optimizer_and_schedule(net, recipe(base_lr_scale=0.1))[0].param_groups) == 2
 
 
 def test_local_tasks_share_the_first_task_shape_of_their_step_like_the_stream():
