@@ -5,10 +5,11 @@
 
 Every variant is ``jobs/train.py``'s TrainConfig (its defaults, then ``--set key=value`` for all variants,
 then the variant's own overrides) meta-trained in one process by ``pudnet.model.recipe.meta_train_local``: the
-job's optimiser, schedule, task shapes and augmentation, without Ray. All variants share the seed, so the
-differences are paired. Each is scored on the whole-dataset tasks of ``bench/heads.py``: every class of the
-left-out Fashion-MNIST (inter) and 10 seeded held-out classes of the meta-training sources (intra), S support
-images per class, every test image of those classes.
+job's optimiser, schedule, task shapes and augmentation, from the job's shards, class split and meta-train
+classes (``jobs.train.training_data``; shards are written on first use). All variants share the seed, so the
+differences are paired. Each is scored on ``jobs/evaluate.py``'s whole-dataset tasks
+(``pudnet.evaluation.whole``): every class of the left-out Fashion-MNIST (inter) and 10 seeded held-out
+classes of the meta-training sources (intra), S support images per class, the whole test split.
 
 The conditioning ablation: the prediction for one dataset while the body is generated from ANOTHER dataset
 (MNIST for the inter task, Fashion-MNIST for the intra one, same S): its sketch ("foreign sketch") or its
@@ -24,12 +25,12 @@ import time
 
 import torch
 
-from heads import whole_tasks  # bench/heads.py: the same whole-dataset tasks
-from jobs.train import load_config
+from jobs.train import load_config, training_data
 from pudnet.model.conditioning import foreign_conditioning
-from pudnet.data.tasks import SubDatasetSampler, split_classes
-from pudnet.data.sources import load_class_bank
+from pudnet.data.shards import Catalog, read_class_bank
+from pudnet.data.tasks import SubDatasetSampler
 from pudnet.evaluation.episodes import METHOD_LABELS, Evaluator
+from pudnet.evaluation.whole import read_whole_tasks
 from pudnet.model.recipe import meta_train_local
 
 VARIANTS = {  # name -> TrainConfig overrides on top of the defaults and --set
@@ -59,16 +60,17 @@ def main() -> None:
     args = parser.parse_args()
     common = [f"steps={args.steps}", f"seed={args.seed}", *args.set]
     base = load_config(overrides=common)
-    bank, _ = load_class_bank(base.sources, base.model.image_size, base.max_per_class)
-    split = split_classes(bank.class_names, list(base.heldout_sources), base.intra_fraction, base.min_intra,
-                          seed=base.split_seed)
     shots = tuple(int(s) for s in args.shots.split(","))
-    tasks = whole_tasks(bank, split, shots, args.seed)
-    mnist = [c for c in bank.class_names if c.startswith("mnist/")]
-    others = {"inter": SubDatasetSampler(bank, mnist, seed=args.seed),
-              "intra": SubDatasetSampler(bank, split.inter_test, seed=args.seed)}
-    other = {key: others[key[0]].sample(0, 10, key[1], 1) for key in tasks}
-    train = SubDatasetSampler(bank, split.meta_train, seed=args.seed)
+    if min(shots) < 1:
+        raise ValueError(f"--shots {args.shots}: finite S only (the foreign support set has the same S)")
+    roots, split, classes = training_data(base)
+    read = lambda names: read_class_bank(roots, names, "train", base.max_per_class)  # noqa: E731
+    tasks = read_whole_tasks(roots, split, shots, 10, base.model.max_classes, args.seed, base.max_per_class)
+    mnist = [c for m in Catalog(roots).manifests if m.source == "mnist" for c in m.classes]
+    others = {"inter": SubDatasetSampler(read(mnist), mnist, seed=args.seed),
+              "intra": SubDatasetSampler(read(split.inter_test), split.inter_test, seed=args.seed)}
+    other = {key: others["intra" if key[0] == "intra" else "inter"].sample(0, 10, key[1], 1) for key in tasks}
+    train = SubDatasetSampler(read(classes), classes, seed=args.seed, test_fraction=0.0)
     rows = []
     for i, name in enumerate(args.variants.split(";")):
         cfg = load_config(overrides=common + VARIANTS[name])
@@ -77,7 +79,7 @@ def main() -> None:
         train_s = time.perf_counter() - start
         evaluator = Evaluator(model, seed=args.seed)
         methods = ("pudnet",) + ((BASELINES + (() if args.no_adam else ADAM)) if i == 0 else ())
-        scores = {key: evaluator.run(task, 0, methods).scores for key, task in tasks.items()}
+        scores = {key: evaluator.run(task, 0, methods, rows).scores for key, (task, rows) in tasks.items()}
         if i == 0:
             rows += [(METHOD_LABELS[m], {key: s[m][0] for key, s in scores.items()}, None) for m in methods[1:]]
         rows.append((name, {key: s["pudnet"][0] for key, s in scores.items()}, train_s))
@@ -86,14 +88,15 @@ def main() -> None:
             if activations and cfg.model.conditioning == "none" and not cfg.model.refine_steps:
                 continue
             acc = {}
-            for key, task in tasks.items():
+            for key, (task, _) in tasks.items():
                 (ox, oy), _, _ = evaluator.tensors(other[key])
                 with foreign_conditioning(model, ox, oy, other[key].num_classes, activations):
                     acc[key] = evaluator.run(task, 0, ("pudnet",)).scores["pudnet"][0]
             rows.append((f"{name}, {label}", acc, None))
             print(rows[-1], flush=True)
     keys = list(tasks)
-    described = ", ".join(f"{s} K={tasks[(s, n)].num_classes} S={n} test={len(tasks[(s, n)].test_y)}" for s, n in keys)
+    described = ", ".join(f"{s} K={tasks[(s, n)][0].num_classes} S={n} test={len(tasks[(s, n)][0].test_y)}"
+                          for s, n in keys)
     lines = [f"Whole-dataset accuracy (%), seed {args.seed}, {args.steps} meta-training steps per variant "
              f"(jobs/train.py's TrainConfig and recipe, in-process), {platform.machine()} CPU x "
              f"{torch.get_num_threads()} threads. Tasks: {described}. Foreign data: MNIST for inter, "

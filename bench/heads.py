@@ -4,10 +4,11 @@ whole datasets, one command.
     python bench/heads.py --out bench/results_heads.md                    # ~30 min on 2 CPU cores
     python bench/heads.py --steps 20 --variants ridge --shots 10          # a quick check of the script
 
-Each variant is meta-trained with the same seed and steps on the default split's meta-train classes
-(Fashion-MNIST left out), then scored on two whole-dataset tasks: every class of the left-out
-Fashion-MNIST (10-way, inter), and 10 seeded held-out classes of the meta-training sources (intra).
-S support images per class; every test image of those classes is scored. Each trained model is also
+Each variant is meta-trained with the same seed and steps on the training job's meta-train classes, from
+its shards and class split (``jobs.train.training_data`` with the default TrainConfig: Fashion-MNIST left out;
+shards are written on first use), then scored on ``jobs/evaluate.py``'s whole-dataset tasks
+(``pudnet.evaluation.whole``): every class of the left-out Fashion-MNIST (10-way, inter), and 10 seeded held-out
+classes of the meta-training sources (intra). S support images per class; the whole test split is scored. Each trained model is also
 scored with the other head swapped in on the same generated body ("as ridge", "as prototype"), which
 separates what the head does from what meta-training with it does. Baselines on the same support
 images: nearest class mean on pixels, and a random network with a class-mean head.
@@ -24,12 +25,13 @@ import torch
 
 from pudnet import PudNet, PudNetConfig
 from pudnet.data.augment import augment
-from pudnet.data.tasks import SubDatasetSampler, split_classes, task_shape
-from pudnet.data.sources import DEFAULT_SOURCES, load_class_bank
+from jobs.train import load_config, training_data
+from pudnet.data.shards import read_class_bank
+from pudnet.data.tasks import SubDatasetSampler, task_shape
 from pudnet.evaluation.episodes import Evaluator
+from pudnet.evaluation.whole import read_whole_tasks
 from pudnet.model.meta import Episode, train_step
 
-SOURCES = DEFAULT_SOURCES
 VARIANTS = {  # name -> (PudNetConfig overrides, (ways range, shots range) or None for fixed 5-way 10-shot)
     "prototype": ({"head": "prototype"}, None),
     "ridge": ({"head": "ridge"}, None),
@@ -62,21 +64,6 @@ def with_head(model: PudNet, head: str) -> PudNet:
     return other.eval()
 
 
-def whole_tasks(bank, split, shots: tuple[int, ...], seed: int):
-    """{(setting, S): the whole-dataset task}: all Fashion-MNIST classes, and 10 seeded intra classes."""
-    tasks = {}
-    for setting, classes in (("inter", split.inter_test), ("intra", split.intra_test)):
-        sampler = SubDatasetSampler(bank, classes, seed=seed)
-        for s in shots:
-            t = min(len(sampler.test_pool[c]) for c in classes)
-            eligible = sampler.eligible(s, 1, t)[""]
-            k = min(10, len(eligible))
-            sub = SubDatasetSampler(bank, eligible, seed=seed)
-            t = min(len(sub.test_pool[c]) for c in eligible)     # every test image of the smallest class
-            tasks[(setting, s)] = sub.sample(0, k, s, 1, t)
-    return tasks
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=300)
@@ -85,10 +72,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="write the Markdown table here")
     args = parser.parse_args()
-    bank, _ = load_class_bank(SOURCES, image_size=32, max_per_class=1000)
-    split = split_classes(bank.class_names, ["fashion_mnist"], intra_fraction=0.2, min_intra=5, seed=0)
-    tasks = whole_tasks(bank, split, tuple(int(s) for s in args.shots.split(",")), args.seed)
-    train = SubDatasetSampler(bank, split.meta_train, seed=args.seed)
+    job = load_config()
+    roots, split, classes = training_data(job)
+    tasks = read_whole_tasks(roots, split, tuple(int(s) for s in args.shots.split(",")), 10, job.model.max_classes,
+                             args.seed, job.max_per_class)
+    train = SubDatasetSampler(read_class_bank(roots, classes, "train", job.max_per_class), classes, seed=args.seed,
+                              test_fraction=0.0)
     rows, base = [], None
     for name in args.variants.split(","):
         overrides, varied = VARIANTS[name]
@@ -98,14 +87,15 @@ def main() -> None:
         for head in ("ridge", "prototype"):
             evaluator = Evaluator(with_head(model, head), seed=args.seed)
             methods = ("pudnet",) if base is not None else ("pudnet", "ncm_pixels", "random_prototype")
-            scores = {key: evaluator.run(task, 0, methods).scores for key, task in tasks.items()}
+            scores = {key: evaluator.run(task, 0, methods, rows).scores for key, (task, rows) in tasks.items()}
             if base is None:
                 base = {m: {key: s[m][0] for key, s in scores.items()} for m in ("ncm_pixels", "random_prototype")}
             label = name if head == model.cfg.head else f"{name} (as {head})"
             rows.append((label, {key: s["pudnet"][0] for key, s in scores.items()}, train_s))
             print(rows[-1], flush=True)
     keys = list(tasks)
-    described = ", ".join(f"{s} K={tasks[(s, n)].num_classes} S={n} test={len(tasks[(s, n)].test_y)}" for s, n in keys)
+    described = ", ".join(f"{s} K={tasks[(s, n)][0].num_classes} S={n} test={len(tasks[(s, n)][0].test_y)}"
+                          for s, n in keys)
     lines = [f"Whole-dataset accuracy (%), seed {args.seed}, {args.steps} meta-training steps per variant, "
              f"default convnet target, {platform.machine()} CPU x {torch.get_num_threads()} threads. "
              f"Tasks: {described}.",

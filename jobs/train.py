@@ -151,11 +151,6 @@ def load_config(config: str | None = None, smoke_test: bool = False, overrides: 
                                name=cfg.name or f"pudnet-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-def lr_factor(cfg: TrainConfig, step: int) -> float:
-    """Multiplier of ``lr`` at ``step`` (``pudnet.model.recipe.lr_factor``)."""
-    return recipe.lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.lr_schedule)
-
-
 def validation_episodes(cfg: TrainConfig, roots: list[str], split: ClassSplit, net: PudNet) -> list[Episode]:
     """Fixed sub-datasets of the held-out (intra) classes, from their train images only."""
     if not cfg.val_tasks or not split.intra_test:

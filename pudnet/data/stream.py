@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -41,6 +41,23 @@ def plan_task(index: int, block_rows: Sequence[Sequence[int]], ways: int, shots:
             total += sizes[chosen[-1]]
         plan.append((int(c), chosen, rng.choice(total, need, replace=False)))
     return plan
+
+
+def step_tasks(ids: Sequence[int], sample: Callable[[int, int, int], SubDataset], seed: int, ways: tuple[int, int],
+               shots: tuple[int, int], max_support: int, augment_p_class: float = 0.0,
+               augment_shift: int = 0) -> list[SubDataset]:
+    """The tasks ``ids`` of one training step, as the stream and in-process runs (``pudnet.model.recipe``) both
+    build them. ``sample(index, K, S)`` reads a task's images. When ``ways`` or ``shots`` (min, max) vary, (K, S)
+    is ``task_shape`` of the first id, shared by the whole step so its tasks stack; each task is then augmented
+    (``pudnet.data.augment``) with a generator seeded by (seed, its id)."""
+    k, s = ways[0], shots[0]
+    if ways[1] > ways[0] or shots[1] > shots[0]:
+        k, s = task_shape(seed, int(ids[0]), ways, shots, max_support)
+    tasks = [sample(int(i), k, s) for i in ids]
+    if augment_p_class or augment_shift:
+        tasks = [augment(t, np.random.default_rng([seed, int(i), 1]), augment_p_class, augment_shift)
+                 for i, t in zip(ids, tasks)]
+    return tasks
 
 
 def trainable_classes(catalog: Catalog, classes: Sequence[str], images: int) -> tuple[list[str], list[str]]:
@@ -75,17 +92,15 @@ class SubDatasetBuilder:
                              "pass classes from trainable_classes()")
         self.ways_range, self.shots_range, self.max_support = (ways, most_ways), (shots, most_shots), max_support
         self.classes, self.seed, self.window_rows = tuple(classes), seed, window_rows
-        self.ways, self.shots, self.queries = ways, shots, queries
+        self.queries = queries
         self.augment_p_class, self.augment_shift = augment_p_class, augment_shift
         self.blocks = [catalog.blocks(name, "train") for name in self.classes]
         self.block_rows = [[b.rows for b in blocks] for blocks in self.blocks]
         self.reader = BlockReader(catalog.image_size, cache_mb << 20)
         self.no_test = np.zeros((0, catalog.image_size, catalog.image_size, 3), np.uint8)
 
-    def task(self, index: int, ways: int = 0, shots: int = 0) -> SubDataset:
-        """Task ``index`` (K = ``ways``, S = ``shots``, default the constructor's), augmented (``pudnet.data.augment``,
-        seeded by the task too) if asked."""
-        ways, shots = ways or self.ways, shots or self.shots
+    def read(self, index: int, ways: int, shots: int) -> SubDataset:
+        """Task ``index`` with K = ``ways``, S = ``shots``, not augmented (``step_tasks`` does that)."""
         support, query, names = [], [], []
         for c, blocks, rows in plan_task(index, self.block_rows, ways, shots, self.queries, self.seed,
                                          self.window_rows):
@@ -94,18 +109,13 @@ class SubDatasetBuilder:
             query.append(images[shots:])
             names.append(self.classes[c])
         labels = np.arange(ways)
-        sub = SubDataset(tuple(names), np.concatenate(support), np.repeat(labels, shots), np.concatenate(query),
-                         np.repeat(labels, self.queries), self.no_test, np.zeros(0, np.int64))
-        if self.augment_p_class or self.augment_shift:
-            sub = augment(sub, np.random.default_rng([self.seed, index, 1]), self.augment_p_class, self.augment_shift)
-        return sub
+        return SubDataset(tuple(names), np.concatenate(support), np.repeat(labels, shots), np.concatenate(query),
+                          np.repeat(labels, self.queries), self.no_test, np.zeros(0, np.int64))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids = np.ravel(batch["id"])
-        shape = (0, 0)
-        if self.ways_range[1] > self.ways or self.shots_range[1] > self.shots:
-            shape = task_shape(self.seed, int(ids[0]), self.ways_range, self.shots_range, self.max_support)
-        subs = [self.task(int(i), *shape) for i in ids]
+        subs = step_tasks(ids, self.read, self.seed, self.ways_range, self.shots_range, self.max_support,
+                          self.augment_p_class, self.augment_shift)
         out = {key: np.stack([getattr(sub, key) for sub in subs]) for key in STREAM_KEYS[2:]}
         return {"task": ids, "class_names": np.array([json.dumps(sub.class_names) for sub in subs], dtype=object), **out}
 

@@ -13,7 +13,7 @@ import torch
 
 from pudnet.data.tasks import ClassBank, ClassSplit, SubDataset
 from .episodes import METHOD_LABELS, Evaluator, evaluate_tasks
-from pudnet.data.shards import Catalog
+from pudnet.data.shards import Catalog, read_class_bank
 
 WHOLE_METHODS = ("ncm_pixels", "random_prototype", "linear_probe", "pudnet", "pudnet_ft1epoch", "sgd_1epoch",
                  "sgd_converged")
@@ -65,6 +65,18 @@ def whole_task(train: ClassBank, test: ClassBank, shots: int, val_fraction: floa
     x, y = train.images[rows], train.labels[rows]
     task = SubDataset(train.class_names, x, y, x[val], y[val], test.images, test.labels)
     return task, torch.from_numpy(np.setdiff1d(np.arange(len(rows)), val))
+
+
+def read_whole_tasks(roots: list[str], split: ClassSplit, shots: tuple[int, ...], intra_classes: int,
+                     max_classes: int, seed: int, max_per_class: int | None = None,
+                     val_fraction: float = 0.1) -> dict[tuple[str, int], tuple[SubDataset, torch.Tensor]]:
+    """{(task name, S): (``whole_task``, Adam's rows)} for ``whole_tasks``' classes, read from the shards at
+    ``roots``: the tasks ``jobs/evaluate.py`` scores, for in-process benchmarks (``bench/``)."""
+    out = {}
+    for name, classes in whole_tasks(split, Catalog(roots), shots, intra_classes, max_classes, seed).items():
+        train, test = (read_class_bank(roots, classes, part, max_per_class) for part in ("train", "test"))
+        out.update({(name, s): whole_task(train, test, s, val_fraction, seed) for s in shots})
+    return out
 
 
 def evaluate_whole(evaluator: Evaluator, train: ClassBank, test: ClassBank, shots: tuple[int, ...],

@@ -59,37 +59,44 @@ def ridge_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int, l
 
 
 class HeadMoments:
-    """Sufficient statistics of (features, labels) for every head, summed chunk by chunk (float64).
+    """Sufficient statistics of (features, labels) for every head, summed chunk by chunk.
 
-    Memory O(F^2 + F K) whatever N: what lets prediction fit the head on every support image.
+    Memory O(F^2 + F K) whatever N: what lets prediction fit the head on every support image. Features are
+    shifted by the first chunk's mean, so each chunk's products are taken in float32 (the costly part) without
+    the cancellation of raw second moments, then summed in float64.
     """
 
     def __init__(self, feature_dim: int, num_classes: int, device: torch.device):
         kw = dict(dtype=torch.float64, device=device)
-        self.n, self.num_classes = 0, num_classes
+        self.n, self.num_classes, self.shift = 0, num_classes, None
         self.sum_x, self.xx = torch.zeros(feature_dim, **kw), torch.zeros(feature_dim, feature_dim, **kw)
         self.xy, self.counts = torch.zeros(feature_dim, num_classes, **kw), torch.zeros(num_classes, **kw)
 
     def add(self, features: torch.Tensor, labels: torch.Tensor) -> None:
-        x, y = features.double(), F.one_hot(labels, self.num_classes).double()
+        x = features.float()
+        if self.shift is None:
+            self.shift = x.mean(0)
+        x = x - self.shift
+        y = F.one_hot(labels, self.num_classes).float()
         self.n += len(x)
-        self.sum_x += x.sum(0)
+        self.sum_x += x.sum(0, dtype=torch.float64)
         self.xx += x.t() @ x
         self.xy += x.t() @ y
         self.counts += y.sum(0)
 
     def class_means(self) -> torch.Tensor:
-        return (self.xy / self.counts.clamp_min(1)).t().float()              # (K, F)
+        return (self.xy / self.counts.clamp_min(1)).t().float() + self.shift               # (K, F)
 
     def ridge(self, log_lambda: torch.Tensor, scale: torch.Tensor | float,
               dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """The same solution as ``ridge_head`` on all added rows (the F x F form)."""
-        mu, ybar = self.sum_x / self.n, self.counts / self.n
+        mu, ybar = self.sum_x / self.n, self.counts / self.n                # mu: mean of the shifted rows
         sxx = self.xx - self.n * torch.outer(mu, mu)                        # centred X^T X
         sxy = self.xy - self.n * torch.outer(mu, ybar)                      # centred X^T Y
         lam = log_lambda.double().exp() * (sxx.diagonal().sum() / self.n).clamp_min(1e-6)
-        w = torch.linalg.solve(sxx + lam * torch.eye(len(mu), dtype=sxx.dtype, device=sxx.device), sxy)
-        return _ridge_output(w, mu, ybar, scale.double() if torch.is_tensor(scale) else scale, dtype)
+        factor = torch.linalg.cholesky(sxx + lam * torch.eye(len(mu), dtype=sxx.dtype, device=sxx.device))
+        w = torch.cholesky_solve(sxy, factor)                               # symmetric positive definite
+        return _ridge_output(w, mu + self.shift, ybar, scale.double() if torch.is_tensor(scale) else scale, dtype)
 
 
 def spread_sample(labels: torch.Tensor, num_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,11 +9,10 @@ from __future__ import annotations
 import math
 import time
 
-import numpy as np
 import torch
 
-from pudnet.data.augment import augment
-from pudnet.data.tasks import SubDatasetSampler, task_shape
+from pudnet.data.stream import step_tasks
+from pudnet.data.tasks import SubDataset, SubDatasetSampler
 from .meta import Episode, train_step
 from .hypernetwork import PudNet
 
@@ -29,28 +28,27 @@ def lr_factor(step: int, steps: int, warmup_steps: int, schedule: str) -> float:
 
 def optimizer_and_schedule(net: PudNet, cfg) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW over ``net`` with the base kernels at ``cfg.base_lr_scale`` times ``cfg.lr`` (TADAM: a slower
-    base cannot absorb what the data-dependent path should learn), and the warm-up + cosine/constant schedule."""
-    base, rest = [], []
-    for name, p in net.named_parameters():
-        (base if name.startswith("generators.") and name.endswith(BASE_PARAMETERS) else rest).append(p)
-    groups = [{"params": rest, "lr": cfg.lr}, {"params": base, "lr": cfg.lr * cfg.base_lr_scale}]
+    base cannot absorb what the data-dependent path should learn), and the warm-up + cosine/constant schedule.
+    The base kernels get their own parameter group only when the scale is not 1."""
+    groups = [{"params": list(net.parameters())}]   # one group at scale 1: an optimiser state saved before
+    if cfg.base_lr_scale != 1:                        # base_lr_scale existed (one group) still resumes
+        base, rest = [], []
+        for name, p in net.named_parameters():
+            (base if name.startswith("generators.") and name.endswith(BASE_PARAMETERS) else rest).append(p)
+        groups = [{"params": rest, "lr": cfg.lr}, {"params": base, "lr": cfg.lr * cfg.base_lr_scale}]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.lr_schedule))
     return optimizer, schedule
 
 
-def local_task(cfg, sampler: SubDatasetSampler, index: int):
-    """Task ``index`` as the training stream builds it (``pudnet.stream.SubDatasetBuilder``): the shape from
-    ``task_shape`` when K or S vary, then the same seeded augmentation."""
-    ways, shots = cfg.ways, cfg.shots
-    if cfg.ways_max > cfg.ways or cfg.shots_max > cfg.shots:
-        ways, shots = task_shape(cfg.seed, index, (cfg.ways, max(cfg.ways, cfg.ways_max)),
-                                 (cfg.shots, max(cfg.shots, cfg.shots_max)), cfg.max_support)
-    task = sampler.sample(index, ways, shots, cfg.queries)
-    if cfg.augment_p_class or cfg.augment_shift:
-        task = augment(task, np.random.default_rng([cfg.seed, index, 1]), cfg.augment_p_class, cfg.augment_shift)
-    return task
+def local_tasks(cfg, sampler: SubDatasetSampler, step: int) -> list[SubDataset]:
+    """Step ``step``'s tasks as the training stream (one worker) builds them, ``pudnet.data.stream.step_tasks``:
+    the same indices, (K, S) and seeded augmentation, with images from ``sampler`` instead of the shards."""
+    ids = range(step * cfg.tasks_per_step, (step + 1) * cfg.tasks_per_step)
+    return step_tasks(ids, lambda i, k, s: sampler.sample(i, k, s, cfg.queries), cfg.seed,
+                      (cfg.ways, max(cfg.ways, cfg.ways_max)), (cfg.shots, max(cfg.shots, cfg.shots_max)),
+                      cfg.max_support, cfg.augment_p_class, cfg.augment_shift)
 
 
 def meta_train_local(cfg, sampler: SubDatasetSampler, log_every: int = 0) -> PudNet:
@@ -61,7 +59,7 @@ def meta_train_local(cfg, sampler: SubDatasetSampler, log_every: int = 0) -> Pud
     optimizer, schedule = optimizer_and_schedule(net, cfg)
     start = time.perf_counter()
     for step in range(cfg.steps):
-        tasks = [local_task(cfg, sampler, step * cfg.tasks_per_step + i) for i in range(cfg.tasks_per_step)]
+        tasks = local_tasks(cfg, sampler, step)
         loss, acc = train_step(net, optimizer, [Episode.from_subdataset(t, net) for t in tasks], cfg.grad_clip)
         schedule.step()
         if log_every and (step + 1) % log_every == 0:

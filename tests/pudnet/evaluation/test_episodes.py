@@ -8,7 +8,8 @@ from pudnet.evaluation import plots
 from pudnet.data.tasks import ClassBank
 from pudnet.evaluation.episodes import (Evaluator, Point, SGDSettings, TaskResult, markdown_table, ridge_head,
                                         summarize, time_to_equal_accuracy)
-from pudnet.evaluation.whole import WHOLE_METHODS, evaluate_whole, whole_markdown, whole_task, whole_tasks
+from pudnet.evaluation.whole import (WHOLE_METHODS, evaluate_whole, read_whole_tasks, whole_markdown, whole_task,
+                                     whole_tasks)
 
 
 def result(pudnet_acc, curve):
@@ -115,3 +116,8 @@ def test_whole_tasks_pick_classes_with_enough_images_and_name_inter_tasks_by_the
     assert tasks["intra"] == ["a/3", "a/4", "a/5"]            # 30 train images each; a/1, a/2 have 6 (< S=10)
     assert list(tasks) == ["intra", "inter: renamed"] and len(tasks["inter: renamed"]) == 5   # max_classes
     assert tasks == whole_tasks(split, Catalog([str(tmp_path / "a"), str(tmp_path / "b")]), (10, 0), 10, 5, seed=0)
+    read = read_whole_tasks([str(tmp_path / "a"), str(tmp_path / "b")], split, (10, 0), 10, 5, seed=0)
+    assert list(read) == [("intra", 10), ("intra", 0), ("inter: renamed", 10), ("inter: renamed", 0)]
+    task, rows = read[("intra", 10)]                           # the shards' train split as support, test as test
+    assert task.class_names == ("a/3", "a/4", "a/5") and len(task.support_y) == 30 and len(task.test_y) == 30
+    assert len(rows) == 27 and len(read[("inter: renamed", 0)][0].support_y) == 5 * 6

@@ -45,6 +45,20 @@ def test_moments_in_chunks_give_the_same_head(n, f):
     assert torch.allclose(moments.class_means(), protos, atol=1e-5)
 
 
+def test_moments_of_features_far_from_zero_keep_their_precision():
+    """Products are taken in float32 after a shift: raw second moments of features at 1000 +- 1 would cancel."""
+    x, labels = problem(400, 8, 4, seed=2)
+    x = x + 1000
+    moments = HeadMoments(8, 4, x.device)
+    for rows in torch.arange(400).split(64):
+        moments.add(x[rows].float(), labels[rows])
+    weight, bias = moments.ridge(torch.tensor(-2.0), torch.tensor(3.0), torch.float32)
+    ref_w, ref_b = reference(x, labels, 4, -2.0, 3.0)
+    assert torch.allclose(weight.double(), ref_w, atol=1e-3) and torch.allclose(bias.double(), ref_b, atol=1e-1)
+    logits, ref_logits = x.float() @ weight.t() + bias, x @ ref_w.t() + ref_b
+    assert torch.allclose(logits.double(), ref_logits, atol=1e-3)
+
+
 def test_ridge_head_fits_separable_data_and_scales_to_many_classes():
     k = 1000
     x, labels = problem(2 * k, 64, k)

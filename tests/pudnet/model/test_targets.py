@@ -62,6 +62,23 @@ def test_runner_matches_module_and_support_stats_reproduce_train_mode(arch):
         assert torch.allclose(net.train()(x), eval_out, atol=1e-3)   # support statistics == batch statistics
 
 
+@pytest.mark.parametrize("arch", ["convnet", "resnet18"])
+def test_support_pass_without_autograd_reads_batch_norms_own_statistics(arch):
+    """Prediction takes the statistics batch_norm left in the buffers (no second pass): the same numbers."""
+    torch.manual_seed(0)
+    runner = targets.TargetRunner(arch, 10)
+    params = {k: v.detach() for k, v in targets.build(arch, 4).named_parameters()}
+    x = torch.randn(12, 3, 32, 32) * 2 + 1
+    with torch.no_grad():
+        stats, features = runner.support_pass(params, x)
+    params = {k: v.requires_grad_() for k, v in params.items()}
+    exact_stats, exact_features = runner.support_pass(params, x)
+    assert stats.keys() == exact_stats.keys()
+    for name, value in stats.items():
+        assert torch.allclose(value, exact_stats[name].detach(), rtol=1e-4, atol=1e-6), name
+    assert torch.allclose(features, exact_features.detach(), rtol=1e-4, atol=1e-5)
+
+
 def test_runner_eval_is_differentiable_in_the_statistics():
     runner = targets.TargetRunner("convnet", 5)
     net = targets.convnet(num_classes=3)
