@@ -1,6 +1,5 @@
 """``format=pt2``: the exported program gives the state_dict path's logits, loaded in a process that never
 imports pudnet (nor torchvision), for each architecture."""
-import json
 import subprocess
 import sys
 
