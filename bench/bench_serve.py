@@ -95,9 +95,17 @@ def bench_serve(args, ckpt: Path, body: bytes) -> tuple[list[dict], list[str]]:
     from serve_app import local
     config = local.read_config(checkpoints={args.arch: str(ckpt)})
     app, deployment = config["applications"][0]["name"], config["applications"][0]["deployments"][0]["name"]
+    autoscaling = config["applications"][0]["deployments"][0]["autoscaling_config"]
+    if args.replicas:  # pinned: throughput per replica count, without the autoscaler's delay in the figures
+        autoscaling.update(min_replicas=args.replicas, max_replicas=args.replicas)
     url = local.start()
     try:
         local.deploy(config)
+        deadline = time.perf_counter() + 120
+        while local.running_replicas(app, deployment) < autoscaling["min_replicas"]:
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"{autoscaling['min_replicas']} replicas did not start within 120 s")
+            time.sleep(0.5)
         timeline, stop, marks, results, t0 = [], threading.Event(), [], [], time.perf_counter()
         replica_sampler(app, deployment, t0, timeline, stop)
 
@@ -123,7 +131,7 @@ def bench_serve(args, ckpt: Path, body: bytes) -> tuple[list[dict], list[str]]:
             marks.append((time.perf_counter() - t0, f"{clients} clients start"))
             results.append(run_level(call, clients, args.requests, args.duration))
         marks.append((time.perf_counter() - t0, "load ends"))
-        minimum = config["applications"][0]["deployments"][0]["autoscaling_config"]["min_replicas"]
+        minimum = autoscaling["min_replicas"]
         deadline = time.perf_counter() + args.settle
         while time.perf_counter() < deadline and local.running_replicas(app, deployment) != minimum:
             time.sleep(0.5)
@@ -177,6 +185,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--requests", type=int, default=24, help="per level")
     parser.add_argument("--duration", type=float, default=120, help="seconds per level at most")
+    parser.add_argument("--replicas", type=int, help="pin the replica count (default: serve_app/config.yaml's "
+                        "autoscaling, 1 to 2)")
     parser.add_argument("--settle", type=float, default=90, help="seconds to wait for scale-down at most")
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",
                         help="weights dtype of the response (serve mode)")
