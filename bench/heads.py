@@ -25,11 +25,11 @@ import torch
 from pudnet import PudNet, PudNetConfig
 from pudnet.data.augment import augment
 from pudnet.data.tasks import SubDatasetSampler, split_classes, task_shape
-from pudnet.data.sources import DEFAULT_SOURCES, load_class_bank
+from pudnet.data.sources import BASE_SOURCES, load_class_bank
 from pudnet.evaluation.episodes import Evaluator
 from pudnet.model.meta import Episode, train_step
 
-SOURCES = DEFAULT_SOURCES
+SOURCES = BASE_SOURCES
 VARIANTS = {  # name -> (PudNetConfig overrides, (ways range, shots range) or None for fixed 5-way 10-shot)
     "prototype": ({"head": "prototype"}, None),
     "ridge": ({"head": "ridge"}, None),
