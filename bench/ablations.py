@@ -3,7 +3,7 @@
     python bench/ablations.py --steps 300 --out bench/results_ablations.md
     python bench/ablations.py --steps 5 --shots 10 --variants "default;conditioning" --no-adam      # a quick check of the script
 
-Every variant is ``jobs/train.py``'s TrainConfig (its defaults, then ``--set key=value`` for all variants,
+Every variant is ``jobs/train.py``'s TrainConfig on the six base sources (its defaults otherwise, then ``--set key=value`` for all variants,
 then the variant's own overrides) meta-trained in one process by ``pudnet.model.recipe.meta_train_local``: the
 job's optimiser, schedule, task shapes and augmentation, from the job's shards, class split and meta-train
 classes (``jobs.train.training_data``; shards are written on first use). All variants share the seed, so the
@@ -28,6 +28,7 @@ import torch
 from jobs.train import load_config, training_data
 from pudnet.model.conditioning import foreign_conditioning
 from pudnet.data.shards import Catalog, read_class_bank
+from pudnet.data.sources import BASE_SOURCES
 from pudnet.data.tasks import SubDatasetSampler
 from pudnet.evaluation.episodes import METHOD_LABELS, Evaluator
 from pudnet.evaluation.whole import read_whole_tasks
@@ -58,12 +59,12 @@ def main() -> None:
     parser.add_argument("--no-adam", action="store_true", help="skip Adam from scratch (the slow rows)")
     parser.add_argument("--out", help="write the Markdown table here")
     args = parser.parse_args()
-    common = [f"steps={args.steps}", f"seed={args.seed}", *args.set]
+    common = [f"sources={','.join(BASE_SOURCES)}", f"steps={args.steps}", f"seed={args.seed}", *args.set]
     base = load_config(overrides=common)
     shots = tuple(int(s) for s in args.shots.split(","))
     if min(shots) < 1:
         raise ValueError(f"--shots {args.shots}: finite S only (the foreign support set has the same S)")
-    roots, split, classes = training_data(base)
+    _, roots, split, classes = training_data(base)
     read = lambda names: read_class_bank(roots, names, "train", base.max_per_class)  # noqa: E731
     tasks = read_whole_tasks(roots, split, shots, 10, base.model.max_classes, args.seed, base.max_per_class)
     mnist = [c for m in Catalog(roots).manifests if m.source == "mnist" for c in m.classes]

@@ -3,10 +3,11 @@ seed 0, on three nested class sets, then evaluate every model on the same held-o
 
     python bench/bank_scale.py                     # 600 steps per run, 3 runs + evaluation: 57 min on 2 cores at load 13-24
     python bench/bank_scale.py --steps 20 --tasks 5 --out /tmp/t.md    # a quick look that the pipeline runs
+    python bench/bank_scale.py --seed 1 --mid 0 --no-adam --out ...     # another seed, the two end points only
 
 One class split serves all three runs: the training job's own (``jobs/train.py training_data``: split groups,
-``pudnet.data.bank.split_classes_by_group``) over the 6 default sources plus the class bank (icons, glyphs,
-symbols, emoji_sets), Fashion-MNIST left out whole. The runs meta-train on nested subsets of its meta-train
+``pudnet.data.bank.split_classes_by_group``) over its default sources, the 6 base sources plus the class bank
+(icons, glyphs, symbols, emoji_sets), all required here; Fashion-MNIST left out whole. The runs meta-train on nested subsets of its meta-train
 classes: the default sources' only; those plus a seeded sample of bank classes (``--mid`` in all); all of them.
 So every model is scored on identical held-out sets:
 
@@ -39,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # a checkout that
 from jobs import evaluate  # noqa: E402
 from jobs.connect import ray_cluster  # noqa: E402
 from jobs.train import fit, load_config, training_data  # noqa: E402
-from pudnet.data.sources import BANK_SOURCES, DEFAULT_SOURCES  # noqa: E402
+from pudnet.data.sources import BASE_SOURCES, DEFAULT_SOURCES  # noqa: E402
 from pudnet.evaluation.episodes import METHOD_LABELS, Evaluator  # noqa: E402
 from pudnet.data.shards import Catalog  # noqa: E402
 
@@ -55,31 +56,30 @@ def source(name: str) -> str:
 
 def tiers(classes: list[str], mid: int, seed: int) -> dict[str, list[str]]:
     """{run name: its meta-train classes}: the default sources' classes, plus a seeded sample of bank classes
-    up to ``mid`` in all, then every class; each set contains the one before."""
-    default = [c for c in classes if source(c) in DEFAULT_SOURCES]
+    up to ``mid`` in all (no such run if ``mid`` is 0), then every class; each set contains the one before."""
+    default = [c for c in classes if source(c) in BASE_SOURCES]
     bank = sorted(set(classes) - set(default))
     extra = np.random.default_rng(seed).choice(bank, max(0, min(mid - len(default), len(bank))), replace=False)
-    return {"6 default sources": default, f"default + {len(extra)} bank classes": default + sorted(extra.tolist()),
-            "full bank": list(classes)}
+    middle = {f"default + {len(extra)} bank classes": default + sorted(extra.tolist())} if mid else {}
+    return {"6 default sources": default, **middle, "full bank": list(classes)}
 
 
 def evaluate_run(path: str, args: argparse.Namespace, first: bool) -> dict:
     """The three held-out settings, both protocols, for one run's checkpoint."""
     methods = EVERY_MODEL + (FIRST_MODEL_ONLY if first else ())
+    adam = WHOLE_ONLY if first and not args.no_adam else ()
     cfg = evaluate.EvalConfig(checkpoint=path, tasks=args.tasks, methods=methods, seed=args.seed,
                               whole=evaluate.WholeSettings(shots=WHOLE_SHOTS, methods=tuple(
-                                  m for m in methods + (WHOLE_ONLY if first else ()) if m != "random_init")))
+                                  m for m in methods + adam if m != "random_init")))
     record = evaluate.load(cfg, smoke=False)
     catalog = Catalog(record.roots)
     split = record.split
-    default_intra = tuple(c for c in split.intra_test if source(c) in DEFAULT_SOURCES)
+    default_intra = tuple(c for c in split.intra_test if source(c) in BASE_SOURCES)
     evaluator = Evaluator(record.model, cfg.sgd, cfg.seed, cfg.max_stats_images)
     out = {"checkpoint": record.path, "intra_classes": {"default": len(default_intra), "all": len(split.intra_test)}}
-    record.split = dataclasses.replace(split, intra_test=default_intra)
     settings = evaluate.tasks_protocol(cfg, record, catalog, evaluator)
-    out["tasks"] = {"intra (default sources)": settings["intra"], "inter": settings["inter"]}
-    record.split = dataclasses.replace(split, inter_test=())
-    out["tasks"]["intra (all)"] = evaluate.tasks_protocol(cfg, record, catalog, evaluator)["intra"]
+    out["tasks"] = {"intra (default sources)": settings["intra: base sources"], "inter": settings["inter"],
+                    "intra (all)": settings["intra"]}
     record.split = dataclasses.replace(split, intra_test=default_intra)
     out["whole"] = evaluate.whole_protocol(cfg, record, catalog)
     return out
@@ -151,7 +151,8 @@ def plot(rows: list[dict], path: Path) -> None:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=600, help="optimiser steps per run (TrainConfig.steps)")
-    parser.add_argument("--mid", type=int, default=300, help="meta-train classes of the middle run")
+    parser.add_argument("--mid", type=int, default=300, help="meta-train classes of the middle run (0: no middle run)")
+    parser.add_argument("--no-adam", action="store_true", help="skip Adam from scratch (the slowest baseline)")
     parser.add_argument("--tasks", type=int, default=50, help="5-way sub-datasets per setting")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", default="", help="run directories (default: a temporary one, removed)")
@@ -165,16 +166,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         saved = json.loads(numbers.read_text())
         return report(saved["runs"], saved["command"], args)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(overrides=[f"sources={','.join(DEFAULT_SOURCES + BANK_SOURCES)}", f"steps={args.steps}",
+        cfg = load_config(overrides=[f"sources={','.join(DEFAULT_SOURCES)}", f"steps={args.steps}",
                                      f"seed={args.seed}", f"split_seed={args.seed}", "eval_tasks=0",
                                      f"checkpoint_every={args.steps}", f"storage_path={args.work or tmp}"])
         runs = []
         with ray_cluster() as where:
             print(f"ray cluster: {where}", flush=True)
-            roots, split, classes = training_data(cfg)
-            missing = set(DEFAULT_SOURCES + BANK_SOURCES) - {m.source for m in Catalog(roots).manifests}
-            if missing:
-                raise RuntimeError(f"sources {sorted(missing)} are not installed; run bash scripts/setup.sh")
+            cfg, roots, split, classes = training_data(cfg)
             for i, (name, subset) in enumerate(tiers(classes, args.mid, args.seed).items()):
                 start = time.perf_counter()
                 result = fit(dataclasses.replace(cfg, name=f"bank-scale-{i}"), roots, split, subset)

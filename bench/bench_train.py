@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # a checkout that is not pip-installed
 from pudnet import PudNet, PudNetConfig                         # noqa: E402
 from pudnet.overrides import from_dict                                 # noqa: E402
-from pudnet.data.sources import DEFAULT_SOURCES, SourceUnavailable, load_class_bank  # noqa: E402
+from pudnet.data.sources import BASE_SOURCES, SourceUnavailable, load_class_bank  # noqa: E402
 from pudnet.model.meta import Episode, train_step                     # noqa: E402
 from pudnet.data.shards import Catalog, write_bank                   # noqa: E402
 from pudnet.data.stream import SubDatasetBuilder, subdatasets, trainable_classes  # noqa: E402
@@ -36,7 +36,7 @@ TITLE = ("# Meta-training input pipeline: bench/bench_train.py\n\nSub-datasets (
          "images each) per second, made by the stream vs consumed by training, and the share of step time a "
          "training worker waits for data (goal on a GPU: < 5%). Timings on a shared machine are noisy: see the "
          "load average.\n\n")
-EMBEDDED = DEFAULT_SOURCES
+EMBEDDED = BASE_SOURCES
 
 
 class TaskStream(torch.utils.data.IterableDataset):
@@ -141,7 +141,7 @@ def with_ray(args) -> list[str]:
 
     ray.init(include_dashboard=False, log_to_driver=False)
     cfg = load_config(overrides=args.overrides)
-    roots, _, classes = training_data(cfg)
+    cfg, roots, _, classes = training_data(cfg)
     per_step = cfg.tasks_per_step * cfg.num_workers
     lines = [f"- Ray {ray.__version__}, {ray.cluster_resources().get('CPU')} CPUs; model {cfg.model.arch} "
              f"{cfg.model.image_size}px; {cfg.ways}-way {cfg.shots}+{cfg.queries}, {cfg.tasks_per_step} tasks per "

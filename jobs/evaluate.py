@@ -33,6 +33,7 @@ from pudnet import PudNet, PudNetConfig
 from pudnet.model import checkpoint
 from pudnet.evaluation import plots
 from pudnet.overrides import CONFIG, apply_overrides, from_dict
+from pudnet.data.sources import BASE_SOURCES
 from pudnet.data.tasks import ClassSplit, SubDatasetSampler, split_classes
 from pudnet.evaluation.episodes import ALL_METHODS, TASK_METHODS, Evaluator, SGDSettings, evaluate_tasks, markdown_table
 from pudnet.data.shards import Catalog, read_class_bank
@@ -114,7 +115,8 @@ def load(cfg: EvalConfig, smoke: bool) -> RunRecord:
             raise ValueError("CHECKPOINT is required: a checkpoint or run directory written by jobs/train.py")
         torch.manual_seed(cfg.seed)
         model = PudNet(PudNetConfig(target_kwargs={"depth": 2, "width": 16}, encoder_width=8, hidden=16))
-        roots = prepare_sources(list(SMOKE_SOURCES), default_data_dir(), model.cfg.image_size, cfg.max_per_class, 0.2)
+        roots = list(prepare_sources(SMOKE_SOURCES, default_data_dir(), model.cfg.image_size, cfg.max_per_class,
+                                     0.2).values())
         split = split_classes(Catalog(roots).class_names, ["digits"], 0.2, 5, cfg.seed)
         return RunRecord("(smoke test)", model.to(device), split, roots, None)
     from jobs.train import TrainConfig   # here: jobs.train imports this module
@@ -127,8 +129,8 @@ def load(cfg: EvalConfig, smoke: bool) -> RunRecord:
     if "shard_roots" in meta:
         roots = json.loads(meta["shard_roots"])
     elif train_cfg is not None:     # written before checkpoints recorded their shard roots
-        roots = prepare_sources(list(train_cfg.sources), train_cfg.data_dir, train_cfg.model.image_size,
-                                train_cfg.max_per_class, train_cfg.test_fraction)
+        roots = list(prepare_sources(train_cfg.sources, train_cfg.data_dir, train_cfg.model.image_size,
+                                     train_cfg.max_per_class, train_cfg.test_fraction).values())
     else:
         raise ValueError(f"{path} records neither shard_roots nor train_config, so its data cannot be found; "
                          "evaluate a checkpoint written by jobs/train.py")
@@ -137,11 +139,16 @@ def load(cfg: EvalConfig, smoke: bool) -> RunRecord:
 
 
 def tasks_protocol(cfg: EvalConfig, record: RunRecord, catalog: Catalog, evaluator: Evaluator) -> dict:
-    """Many small K-way sub-datasets per setting (``cfg.tasks`` of them)."""
+    """Many small K-way sub-datasets per setting (``cfg.tasks`` of them). When the held-out classes go beyond
+    the 6 base sources (the class bank), "intra: base sources" also scores theirs alone: the setting the
+    tables before the bank report."""
     source = {c: m.source for m in catalog.manifests for c in m.classes}
+    base = tuple(c for c in record.split.intra_test if source.get(c) in BASE_SOURCES)
+    settings = [("intra", record.split.intra_test, False), ("inter", record.split.inter_test, True)]
+    if 0 < len(base) < len([c for c in record.split.intra_test if c in source]):
+        settings.insert(1, ("intra: base sources", base, False))
     out = {}
-    for setting, names, within_source in (("intra", record.split.intra_test, False),
-                                          ("inter", record.split.inter_test, True)):
+    for setting, names, within_source in settings:
         present = [c for c in names if c in source]
         if len(present) < cfg.ways:
             print(f"{setting}: {len(present)} of its classes available, fewer than K={cfg.ways}: skipped")
@@ -151,7 +158,7 @@ def tasks_protocol(cfg: EvalConfig, record: RunRecord, catalog: Catalog, evaluat
         tasks = (sampler.sample(i, cfg.ways, cfg.shots, cfg.queries, cfg.test) for i in range(cfg.tasks))
         out[setting] = evaluate_tasks(evaluator, tasks, cfg.methods,
                                       progress=lambda it: tqdm(it, total=cfg.tasks, desc=setting, file=sys.stdout))
-        what = "held-out classes" if setting == "intra" else "left-out sources"
+        what = "left-out sources" if setting == "inter" else "held-out classes"
         print(markdown_table(f"{setting}-dataset: {what} of {', '.join(sorted({source[c] for c in present}))}",
                              out[setting]), flush=True)
     return out

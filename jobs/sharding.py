@@ -5,6 +5,7 @@ call before training or evaluating). ``pudnet.data.sources.decode_labelled_image
 from __future__ import annotations
 
 import os
+from typing import Collection, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -169,13 +170,13 @@ def _prepare_embedded_batch(batch: dict[str, np.ndarray], image_size: int, max_p
 
 
 def prepare_embedded(sources: list[str], data_dir: str, image_size: int, max_per_class: int | None,
-                     test_fraction: float = 0.2, seed: int = 0) -> dict[str, str]:
-    """Shard each embedded source (one Ray task each) unless done; returns {source: its shard dir}.
+                     test_fraction: float = 0.2, seed: int = 0) -> tuple[dict[str, str], dict[str, str]]:
+    """Shard each embedded source (one Ray task each) unless done.
 
-    Sources whose packages are missing are reported and left out.
+    Returns ({source: its shard dir}, {source not installed: why, naming the install command}).
     """
     roots = {s: embedded_root(data_dir, s, image_size, max_per_class) for s in sources}
-    todo = []
+    todo, missing = [], {}
     for source, root in roots.items():
         manifest = read_manifest(root)
         expected = bank_fingerprint(_embedded_fingerprint(source, image_size, max_per_class), test_fraction, seed)
@@ -192,7 +193,8 @@ def prepare_embedded(sources: list[str], data_dir: str, image_size: int, max_per
             print(f"prepare: {r['source']}: {r['status']}", flush=True)
             if r["status"].startswith("absent"):
                 roots.pop(r["source"])
-    return roots
+                missing[r["source"]] = r["status"].removeprefix("absent: ")
+    return roots, missing
 
 
 def source_root(source: str, data_dir: str, image_size: int, max_per_class: int | None) -> str:
@@ -203,9 +205,21 @@ def source_root(source: str, data_dir: str, image_size: int, max_per_class: int 
     return absolute(source if "://" in source or os.path.isabs(source) else join(data_dir, source))
 
 
-def prepare_sources(sources: list[str], data_dir: str, image_size: int, max_per_class: int | None,
-                    test_fraction: float = 0.2) -> list[str]:
-    """Each source's shard directory (``source_root``), embedded ones written on first use (absent ones left out)."""
-    prepared = prepare_embedded([s for s in sources if s in SOURCES], data_dir, image_size, max_per_class,
-                                test_fraction)
-    return [source_root(s, data_dir, image_size, max_per_class) for s in sources if s in prepared or s not in SOURCES]
+def prepare_sources(sources: Sequence[str], data_dir: str, image_size: int, max_per_class: int | None,
+                    test_fraction: float = 0.2, optional: Collection[str] = ()) -> dict[str, str]:
+    """{source: its shard directory (``source_root``)}, embedded sources written on first use, in order.
+
+    An embedded source that is not installed is left out, with a message, if it is in ``optional`` (training's
+    default sources); any other raises ValueError naming it and its install command.
+    """
+    prepared, missing = prepare_embedded([s for s in sources if s in SOURCES], data_dir, image_size, max_per_class,
+                                         test_fraction)
+    required = {s: why for s, why in missing.items() if s not in optional}
+    if required:
+        raise ValueError(f"sources {sorted(required)} are not installed: " + "; ".join(
+            f"{s}: {why}" for s, why in required.items()) + " (README: Data; or leave them out of `sources`)")
+    if missing:
+        print(f"sources: not installed, left out: {sorted(missing)} (bash scripts/setup.sh installs them)",
+              flush=True)
+    return {s: source_root(s, data_dir, image_size, max_per_class) for s in sources
+            if s in prepared or s not in SOURCES}

@@ -7,7 +7,10 @@
     ray job submit --working-dir . -- python jobs/train.py --config cluster/configs/imagenet_resnet18.yaml
 
 Embedded sources are written as shards into ``data_dir`` on first use (``jobs/prepare_data.py embedded``);
-other sources are shard directories prepared with ``jobs/prepare_data.py``. Re-running with the same
+other sources are shard directories prepared with ``jobs/prepare_data.py``. By default (``sources`` empty) the
+job meta-trains on every installed one of ``pudnet.data.sources.DEFAULT_SOURCES``, the 6 base sources and the
+class bank that ``scripts/setup.sh`` installs, and prints which it uses and which are missing; a source named in
+``sources`` must be installed. Re-running with the same
 ``name`` and ``storage_path`` resumes from the run's latest checkpoint. Progress lines start with
 ``[pudnet]``; every report also goes to ``<storage_path>/<name>/metrics.jsonl`` and the Ray dashboard.
 
@@ -60,7 +63,7 @@ class TrainConfig:
     __pydantic_config__ = CONFIG        # unknown keys raise (pudnet.overrides)
 
     model: PudNetConfig = field(default_factory=PudNetConfig)  # hypernetwork and target (pudnet.model.config)
-    sources: tuple[str, ...] = DEFAULT_SOURCES   # the embedded ones (pudnet.data.sources)
+    sources: tuple[str, ...] = ()   # () = every installed one of pudnet.data.sources.DEFAULT_SOURCES (the 6 + the bank)
     heldout_sources: tuple[str, ...] = ("fashion_mnist",)  # left out whole: the inter-dataset setting
     intra_fraction: float = 0.2     # share of the other sources' classes held out: the intra-dataset setting
     min_intra: int = 5
@@ -114,13 +117,14 @@ class TrainConfig:
                   "lr_schedule": (self.lr_schedule in ("cosine", "constant"), "'cosine' or 'constant'"),
                   "placement_strategy": (self.placement_strategy in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
                                          "PACK, SPREAD, STRICT_PACK, STRICT_SPREAD"),
-                  "heldout_sources": (set(self.heldout_sources) < set(self.sources), "a strict subset of sources"),
+                  "heldout_sources": (set(self.heldout_sources) < set(self.sources or DEFAULT_SOURCES),
+                                      "a strict subset of sources"),
                   "intra_fraction": (0 <= self.intra_fraction < 1, "[0, 1)"),
                   "augment_p_class": (0 <= self.augment_p_class <= 1, "[0, 1]"),
                   "test_fraction": (0 < self.test_fraction < 1, "(0, 1)"),
                   "cpus_per_worker": (self.cpus_per_worker > 0, "> 0"), "stream_cpus": (self.stream_cpus > 0, "> 0"),
                   "lr": (self.lr > 0, "> 0"), "base_lr_scale": (self.base_lr_scale >= 0, ">= 0"), "grad_clip": (self.grad_clip > 0, "> 0"),
-                  "name": ("/" not in self.name, "no '/'"), "sources": (len(self.sources) > 0, "at least one"),
+                  "name": ("/" not in self.name, "no '/'"),
                   "eval_protocols": (set(self.eval_protocols) <= {"tasks", "whole"}, "tasks and/or whole")}
         for key in ("shots", "queries", "tasks_per_step", "steps", "log_every", "max_support", "val_every",
                     "checkpoint_every", "num_to_keep", "num_workers", "stream_actors", "max_per_class",
@@ -168,10 +172,18 @@ def accuracy(net: PudNet, episodes: list[Episode]) -> float:
     return sum(episode_loss(net, ep)[1].item() for ep in episodes) / len(episodes)
 
 
-def training_data(cfg: TrainConfig) -> tuple[list[str], ClassSplit, list[str]]:
-    """The shard directories (embedded sources sharded on first use), the class split, and the meta-train
-    classes with enough train images for a task: what the stream is built from."""
-    roots = prepare_sources(cfg.sources, cfg.data_dir, cfg.model.image_size, cfg.max_per_class, cfg.test_fraction)
+def training_data(cfg: TrainConfig) -> tuple[TrainConfig, list[str], ClassSplit, list[str]]:
+    """``cfg`` with the sources it uses (by default the installed ones), their shard directories (embedded
+    sources sharded on first use), the class split, and the meta-train classes with enough train images for a
+    task: what the stream is built from. A named source that is not installed raises ValueError."""
+    prepared = prepare_sources(cfg.sources or DEFAULT_SOURCES, cfg.data_dir, cfg.model.image_size, cfg.max_per_class,
+                               cfg.test_fraction, optional=() if cfg.sources else DEFAULT_SOURCES)
+    if not cfg.sources:     # the default: left-out sources that are not installed are left out too
+        cfg = dataclasses.replace(cfg, sources=tuple(prepared),
+                                  heldout_sources=tuple(s for s in cfg.heldout_sources if s in prepared))
+        print(f"sources: {list(cfg.sources)} (the installed default sources; left out whole: "
+              f"{list(cfg.heldout_sources)})", flush=True)
+    roots = list(prepared.values())
     catalog = Catalog(roots)
     if catalog.image_size != cfg.model.image_size:
         raise ValueError(f"shards at {roots} are {catalog.image_size} px but model.image_size={cfg.model.image_size}")
@@ -184,7 +196,7 @@ def training_data(cfg: TrainConfig) -> tuple[list[str], ClassSplit, list[str]]:
     classes, small = trainable_classes(catalog, split.meta_train, need)
     print(f"classes: {len(split.meta_train)} meta-train ({len(small)} with < {need} train images "
           f"left out), {len(split.intra_test)} intra-test, {len(split.inter_test)} inter-test", flush=True)
-    return roots, split, classes
+    return cfg, roots, split, classes
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -252,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     run_dir = join(cfg.storage_path, cfg.name)
     with ray_cluster(args.address) as where:
         print(f"ray cluster: {where}; worker logs on its dashboard", flush=True)
-        roots, split, classes = training_data(cfg)
+        cfg, roots, split, classes = training_data(cfg)
         with RunProgress(join(run_dir, METRICS_FILE), cfg.steps):
             result = fit(cfg, roots, split, classes)
     written = [evaluate.training_curves(run_dir)]

@@ -44,10 +44,10 @@ if [ "$BANK" = full ]; then
   "$PY" -m pudnet.data.bank summary --workers 2   # renders the missing caches, two sources at a time
 else
   "$PY" - <<'PY'
-from pudnet.data.sources import DEFAULT_SOURCES, load_class_bank
-bank, missing = load_class_bank(DEFAULT_SOURCES, image_size=32, max_per_class=1000)
+from pudnet.data.sources import BASE_SOURCES, load_class_bank
+bank, missing = load_class_bank(BASE_SOURCES, image_size=32, max_per_class=1000)
 print(f"setup: {len(bank.class_names)} classes, {len(bank.images)} images cached from "
-      f"{sorted(set(DEFAULT_SOURCES) - set(missing))}")
+      f"{sorted(set(BASE_SOURCES) - set(missing))}")
 for name, why in missing.items():
     print(f"setup: source {name} missing: {why}")
 PY

@@ -17,6 +17,7 @@ def test_the_three_class_sets_are_nested_and_seeded():
     assert set(small) < set(mid) < set(full)
     assert list(tiers) == ["6 default sources", "default + 25 bank classes", "full bank"]
     assert bank_scale.tiers(classes, mid=40, seed=0) == tiers != bank_scale.tiers(classes, mid=40, seed=1)
+    assert bank_scale.tiers(classes, mid=0, seed=0) == {"6 default sources": small, "full bank": full}  # end points
 
 
 def _result(methods):

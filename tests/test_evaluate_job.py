@@ -12,7 +12,7 @@ from jobs import evaluate
 from jobs.train import TrainConfig, load_config
 from pudnet import PudNet, PudNetConfig
 from pudnet.model import checkpoint
-from pudnet.data.tasks import ClassBank, split_classes
+from pudnet.data.tasks import ClassBank, ClassSplit, split_classes
 from pudnet.data.shards import write_bank
 
 TINY = PudNetConfig(target_kwargs={"depth": 2, "width": 8}, encoder_width=4, hidden=8, layer_embedding=4,
@@ -163,3 +163,26 @@ def test_trained_checkpoint_beats_no_learning_baselines_on_its_unseen_classes(re
     inter = report["settings"]["inter"]["methods"]     # digits, left out of meta-training
     assert inter["pudnet"]["accuracy"] > inter["random_init"]["accuracy"] + 0.3
     assert not ray.is_initialized()
+
+
+def test_with_bank_classes_held_out_the_base_sources_held_out_classes_are_also_scored_alone(tmp_path, capsys):
+    """The 6 base sources' held-out classes keep their own setting, comparable with tables before the bank."""
+    rng = np.random.default_rng(0)
+    roots, names = [], {}
+    for source in ("mnist", "icons", "fashion_mnist"):
+        names[source] = tuple(f"{source}/c{i}" for i in range(4))
+        roots.append(str(tmp_path / source))
+        write_bank(ClassBank(rng.integers(0, 255, (60, 32, 32, 3), dtype=np.uint8), np.repeat(np.arange(4), 15),
+                             names[source]), roots[-1], source, {"test": 1}, test_fraction=0.2)
+    split = ClassSplit(names["mnist"][:2] + names["icons"][:2], names["mnist"][2:] + names["icons"][2:],
+                       names["fashion_mnist"], 0)
+    torch.manual_seed(0)
+    model = PudNet(TINY)
+    checkpoint.save(tmp_path / "ckpt", model, split, extra=record(model, split, roots, heldout_sources=(
+        "fashion_mnist",), sources=("mnist", "icons", "fashion_mnist")))
+    report = evaluate.run(evaluate.EvalConfig(checkpoint=str(tmp_path / "ckpt"), protocols=("tasks",), tasks=2,
+                                              ways=2, shots=2, queries=2, test=2, methods=("random_init",)))
+    assert list(report["settings"]) == ["intra", "intra: base sources", "inter"]
+    out = capsys.readouterr().out
+    assert "intra: base sources-dataset: held-out classes of mnist**" in out
+    assert "intra-dataset: held-out classes of icons, mnist**" in out

@@ -236,8 +236,9 @@ def _bank_loader(name: str) -> Callable[[int, int | None], ClassBank]:
     return load
 
 
-DEFAULT_SOURCES = ("mnist", "digits", "animal_mnist", "fashion_mnist", "openclipart", "emoji")
-BANK_SOURCES = ("icons", "glyphs", "symbols", "emoji_sets")  # issue 10's class bank: by name, not by default
+BASE_SOURCES = ("mnist", "digits", "animal_mnist", "fashion_mnist", "openclipart", "emoji")  # PUDNET_BANK=default
+BANK_SOURCES = ("icons", "glyphs", "symbols", "emoji_sets")  # issue 10's class bank (scripts/setup.sh installs it)
+DEFAULT_SOURCES = BASE_SOURCES + BANK_SOURCES  # what training uses unless told: those of these that are installed
 SOURCES: dict[str, Callable[[int, int | None], ClassBank]] = {  # loader(image_size, max_per_class)
     "digits": load_digits, "mnist": load_mnist, "animal_mnist": load_animal_mnist,
     "fashion_mnist": load_fashion_mnist, "openclipart": load_openclipart, "emoji": load_emoji,

@@ -107,7 +107,7 @@ def test_size_must_be_positive():
 # ---- packaged sources -----------------------------------------------------------------------------------------
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # 9 openclipart PNGs, reported as skipped
-@pytest.mark.parametrize("source", sorted(sources.DEFAULT_SOURCES))  # the bank's: tests/pudnet/test_sources.py
+@pytest.mark.parametrize("source", sorted(sources.BASE_SOURCES))  # the bank's: tests/pudnet/test_sources.py
 def test_source_loader(source):
     try:
         bank = SOURCES[source](16, 5)
