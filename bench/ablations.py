@@ -39,6 +39,7 @@ VARIANTS = {  # name -> TrainConfig overrides on top of the defaults and --set
     "conditioning": ["model.conditioning=activations"],
     "conditioning, base lr x0.1": ["model.conditioning=activations", "base_lr_scale=0.1"],
     "conditioning, no gate penalty": ["model.conditioning=activations", "model.gate_penalty=0"],
+    "varied K and S": ["ways_max=10", "shots_max=100", "max_support=300"],
     "conditioning, varied K and S": ["model.conditioning=activations", "ways_max=10", "shots_max=100",
                                      "max_support=300"],
     "refined body": ["model.refine_steps=1"],
