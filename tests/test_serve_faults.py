@@ -1,5 +1,6 @@
 """Start-up and a replica SIGKILLed under a bounded load: /healthz answers at once ("starting" or ok, never a
-hang), the requests the replica held fail with a retryable 503 (never a 500), the replacement serves, and
+hang), the requests the replica held fail with a retryable 503 or, if it died mid-response, a body cut short of its
+Content-Length (never a 500), the replacement serves, and
 ``pudnet predict`` gets through on retry."""
 import os
 import signal
@@ -130,12 +131,17 @@ def test_sigkill_under_load_gives_503s_and_a_retry_succeeds(server, tmp_path, ca
     print("failures:", [(status, text[:120]) for _, status, _, text in failures], "healthz after the kill:", health,
           "cli:", [line for line in err.splitlines() if line.startswith("pudnet:")])
     assert len(failures) <= CLIENTS, failures
-    assert all(status == 503 and retry_after for _, status, retry_after, _ in failures), failures
+    # A request the replica held fails in one of two signalled, retryable ways: a 503 with Retry-After, or, when
+    # the replica was killed while streaming its response (headers and a Content-Length already sent), a body
+    # cut short of its Content-Length. Never a 500, a reset before any answer, or a hang.
+    cut_short = lambda status, text: status == -1 and "IncompleteRead" in text  # noqa: E731
+    assert all((status == 503 and retry_after) or cut_short(status, text)
+               for _, status, retry_after, text in failures), failures
     assert any(t > killed_at and status == 200 for t, status, _, _ in results), "no request served after the kill"
     assert all((status, state) in ((200, "ok"), (503, "starting")) and seconds < 5 for status, state, seconds in health)
     assert cli_rc == [0] and out.stat().st_size > 0, err
-    # Its request was on the killed replica (a 503, then a retry) or still queued for the replacement (served on
-    # the first try): which one depends on timing. Every 503 it saw was retried; retries themselves are
-    # tested deterministically in tests/pudnet/test_cli.py.
-    assert err.count("server unavailable (503): replica_unavailable") == err.count("pudnet: ") == \
-        err.count("; retry "), err
+    # Its request was on the killed replica (a 503 or a download that broke off, then a retry) or still queued
+    # for the replacement (served on the first try): which one depends on timing. Every failure it saw was
+    # retried; retries themselves are tested deterministically in tests/pudnet/test_client.py.
+    assert err.count("server unavailable (503): replica_unavailable") + err.count("broke off") == \
+        err.count("pudnet: ") == err.count("; retry "), err
