@@ -64,10 +64,11 @@ def test_permuting_class_labels_permutes_head_rows_only(head):
         assert torch.allclose(expected.float(), b[name].float(), atol=1e-5), name
 
 
-def test_generated_resnet18_loads_into_torchvision_and_runs_in_eval_mode():
+@pytest.mark.parametrize("refine", [{}, {"refine_steps": 1, "refine_alpha_init": 0.05}], ids=["plain", "refined"])
+def test_generated_resnet18_loads_into_torchvision_and_runs_in_eval_mode(refine):
     torch.manual_seed(0)
     model = PudNet(PudNetConfig(arch="resnet18", target_kwargs={}, encoder_width=8, hidden=16,
-                                layer_embedding=8, max_classes=10)).eval()
+                                layer_embedding=8, max_classes=10, **refine)).eval()
     x, y = support(3, per_class=4)
     with torch.no_grad():
         weights = model(x, y, 3)

@@ -1,7 +1,6 @@
 """The body's refinement by its split-half support loss (pudnet.model.refine)."""
 import pytest
 import torch
-import torchvision
 
 from pudnet import PudNet, PudNetConfig
 from pudnet.model.conditioning import foreign_conditioning
@@ -82,19 +81,6 @@ def test_refine_per_class_is_checked():
 def test_step_sizes_start_at_alpha_init():
     model = PudNet(PudNetConfig(**SMALL, refine_steps=2, refine_alpha_init=0.05))
     assert model.refine.alpha.shape == (2, 6) and torch.all(model.refine.alpha == 0.05)
-
-
-def test_refined_resnet18_loads_into_torchvision():
-    torch.manual_seed(0)
-    model = PudNet(PudNetConfig(arch="resnet18", target_kwargs={}, encoder_width=8, hidden=16, layer_embedding=8,
-                                max_classes=10, refine_steps=1, refine_alpha_init=0.05)).eval()
-    x, y = support(3, per_class=2)
-    with torch.no_grad():
-        weights = model(x, y, 3)
-    net = torchvision.models.resnet18(num_classes=3)
-    net.load_state_dict(weights)                                          # strict
-    with torch.no_grad():
-        assert torch.allclose(net.eval()(x), model.target(weights, x), atol=1e-3)
 
 
 def test_one_image_per_class_leaves_the_body_unrefined():
