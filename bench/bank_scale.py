@@ -81,7 +81,7 @@ def evaluate_run(path: str, args: argparse.Namespace, first: bool) -> dict:
     out["tasks"] = {"intra (default sources)": settings["intra: base sources"], "inter": settings["inter"],
                     "intra (all)": settings["intra"]}
     record.split = dataclasses.replace(split, intra_test=default_intra)
-    out["whole"] = evaluate.whole_protocol(cfg, record, catalog)
+    out["whole"] = evaluate.whole_protocol(cfg, record)
     return out
 
 

@@ -38,7 +38,7 @@ from pudnet.data.tasks import ClassSplit, SubDatasetSampler, split_classes
 from pudnet.evaluation.episodes import ALL_METHODS, TASK_METHODS, Evaluator, SGDSettings, evaluate_tasks, markdown_table
 from pudnet.data.shards import Catalog, read_class_bank
 from pudnet.files import filesystem, join
-from pudnet.evaluation.whole import WHOLE_METHODS, evaluate_whole, whole_markdown, whole_tasks
+from pudnet.evaluation.whole import WHOLE_METHODS, evaluate_whole, read_whole_banks, whole_markdown
 
 OUTPUTS = {"markdown": "eval.md", "json": "eval.json", "plot": "eval.png", "curves": "training_curves.png"}
 
@@ -164,14 +164,12 @@ def tasks_protocol(cfg: EvalConfig, record: RunRecord, catalog: Catalog, evaluat
     return out
 
 
-def whole_protocol(cfg: EvalConfig, record: RunRecord, catalog: Catalog) -> dict:
+def whole_protocol(cfg: EvalConfig, record: RunRecord) -> dict:
     evaluator = Evaluator(record.model, cfg.whole.sgd, cfg.seed, cfg.max_stats_images)
     out = {}
-    tasks = whole_tasks(record.split, catalog, cfg.whole.shots, cfg.whole.classes, record.model.cfg.max_classes,
-                        cfg.seed)
-    for name, classes in tasks.items():
-        train, test = (read_class_bank(record.roots, classes, part, cfg.whole.max_per_class or None)
-                       for part in ("train", "test"))
+    for name, classes, train, test in read_whole_banks(record.roots, record.split, cfg.whole.shots, cfg.whole.classes,
+                                                       record.model.cfg.max_classes, cfg.seed,
+                                                       cfg.whole.max_per_class or None):
         shots = evaluate_whole(evaluator, train, test, cfg.whole.shots, cfg.whole.methods, cfg.whole.val_fraction,
                                cfg.seed, progress=lambda it: tqdm(it, desc=f"whole {name}", file=sys.stdout))
         out[name] = {"classes": classes, "shots": shots}
@@ -193,7 +191,7 @@ def run(cfg: EvalConfig, smoke: bool = False) -> dict:
         report["settings"] = tasks_protocol(cfg, record, catalog, Evaluator(record.model, cfg.sgd, cfg.seed,
                                                                             cfg.max_stats_images))
     if "whole" in cfg.protocols:
-        report["whole"] = whole_protocol(cfg, record, catalog)
+        report["whole"] = whole_protocol(cfg, record)
     return report
 
 

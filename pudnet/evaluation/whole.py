@@ -8,6 +8,8 @@ and their timing are ``pudnet.evaluation.episodes``'s.
 """
 from __future__ import annotations
 
+from typing import Iterator
+
 import numpy as np
 import torch
 
@@ -67,16 +69,24 @@ def whole_task(train: ClassBank, test: ClassBank, shots: int, val_fraction: floa
     return task, torch.from_numpy(np.setdiff1d(np.arange(len(rows)), val))
 
 
+def read_whole_banks(roots: list[str], split: ClassSplit, shots: tuple[int, ...], intra_classes: int,
+                     max_classes: int, seed: int, max_per_class: int | None = None
+                     ) -> Iterator[tuple[str, list[str], ClassBank, ClassBank]]:
+    """(task name, classes, train bank, test bank) for each of ``whole_tasks``, read from the shards at
+    ``roots`` one task at a time: what ``jobs/evaluate.py`` scores."""
+    for name, classes in whole_tasks(split, Catalog(roots), shots, intra_classes, max_classes, seed).items():
+        yield (name, classes, *(read_class_bank(roots, classes, part, max_per_class) for part in ("train", "test")))
+
+
 def read_whole_tasks(roots: list[str], split: ClassSplit, shots: tuple[int, ...], intra_classes: int,
                      max_classes: int, seed: int, max_per_class: int | None = None,
                      val_fraction: float = 0.1) -> dict[tuple[str, int], tuple[SubDataset, torch.Tensor]]:
-    """{(task name, S): (``whole_task``, Adam's rows)} for ``whole_tasks``' classes, read from the shards at
-    ``roots``: the tasks ``jobs/evaluate.py`` scores, for in-process benchmarks (``bench/``)."""
-    out = {}
-    for name, classes in whole_tasks(split, Catalog(roots), shots, intra_classes, max_classes, seed).items():
-        train, test = (read_class_bank(roots, classes, part, max_per_class) for part in ("train", "test"))
-        out.update({(name, s): whole_task(train, test, s, val_fraction, seed) for s in shots})
-    return out
+    """{(task name, S): (``whole_task``, Adam's rows)}: ``jobs/evaluate.py``'s tasks, for in-process
+    benchmarks (``bench/``)."""
+    return {(name, s): whole_task(train, test, s, val_fraction, seed)
+            for name, _, train, test in read_whole_banks(roots, split, shots, intra_classes, max_classes, seed,
+                                                         max_per_class)
+            for s in shots}
 
 
 def evaluate_whole(evaluator: Evaluator, train: ClassBank, test: ClassBank, shots: tuple[int, ...],
