@@ -45,6 +45,13 @@ VARIANTS = {  # name -> TrainConfig overrides on top of the defaults and --set
     "refined body": ["model.refine_steps=1"],
     "refined body, 3 steps": ["model.refine_steps=3"],
     "refined body, 10 steps from 0.06": ["model.refine_steps=10", "model.refine_alpha_init=0.06"],
+    "refined last stage, 10 steps, floor 0.06": ["model.refine_steps=10", "model.refine_layers=1",
+                                                 "model.refine_alpha_init=0.06", "model.refine_alpha_min=0.06"],
+    "refined last stage, 10 steps, floor 0.06, 64 per class": [
+        "model.refine_steps=10", "model.refine_layers=1", "model.refine_alpha_init=0.06", "model.refine_alpha_min=0.06",
+        "model.refine_per_class=64"],
+    "refined last stage, 10 steps, floor 0.15": ["model.refine_steps=10", "model.refine_layers=1",
+                                                 "model.refine_alpha_init=0.15", "model.refine_alpha_min=0.15"],
 }
 BASELINES = ("ncm_pixels", "random_prototype", "linear_probe")
 ADAM = ("sgd_1epoch", "sgd_converged")

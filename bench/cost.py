@@ -3,6 +3,7 @@
     python bench/cost.py --out bench/results_cost.md                      # CPU grid, a few minutes on 2 cores
     python bench/cost.py --grid gpu --out gpu_check.md --json gpu_check.json   # what bench/gpu_check.sh runs
     python bench/cost.py --grid gpu --tiny                                # tiny sizes: the test suite's check
+    python bench/cost.py --grid whole --meta-size 0 --set refine_steps=10 refine_layers=1   # a PudNetConfig variant
 
 Imports torch, torchvision, numpy and safetensors only (no Ray), so it runs on a bare GPU machine. Timed
 on the first accelerator if there is one, else the CPU; an untrained PudNet with the ridge head (the
@@ -34,6 +35,7 @@ from pudnet import PudNet, PudNetConfig
 from pudnet.model.meta import Episode, train_step
 from pudnet.model.predict import predict
 from pudnet.model.targets import build
+from pudnet.overrides import apply_overrides
 
 GRIDS = {  # (arch, image size, K, S) of the prediction rows
     "cpu": [("convnet", 32, 10, 10), ("convnet", 32, 10, 100), ("convnet", 32, 100, 10), ("convnet", 32, 1000, 1),
@@ -63,12 +65,12 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times[1:])
 
 
-def model_for(arch: str, size: int, tiny: bool) -> PudNet:
+def model_for(arch: str, size: int, tiny: bool, overrides: tuple[str, ...] = ()) -> PudNet:
     small = dict(encoder_width=8, hidden=16, layer_embedding=8) if tiny else {}
     kwargs = {} if arch == "resnet18" else {"depth": 3, "width": 64, "pool": 4}
     torch.manual_seed(0)
-    return PudNet(PudNetConfig(arch=arch, target_kwargs=kwargs, image_size=size, max_classes=1000, head="ridge",
-                               **small)).to(device()).eval()
+    cfg = PudNetConfig(arch=arch, target_kwargs=kwargs, image_size=size, max_classes=1000, head="ridge", **small)
+    return PudNet(apply_overrides(cfg, list(overrides))).to(device()).eval()
 
 
 def predict_row(model: PudNet, k: int, s: int, repeats: int) -> dict:
@@ -118,10 +120,10 @@ def meta_step_row(size: int, tiny: bool, repeats: int) -> dict:
             "meta_step_task": f"{arch}, K={k} S={s} Q={s} at {size} px"}
 
 
-def run(grid: str, tiny: bool, batch: int, repeats: int, meta_size: int) -> dict:
+def run(grid: str, tiny: bool, batch: int, repeats: int, meta_size: int, overrides: tuple[str, ...] = ()) -> dict:
     rows, adam = [], {}
     for arch, size, k, s in TINY if tiny else GRIDS[grid]:
-        model = model_for(arch, size, tiny)
+        model = model_for(arch, size, tiny, overrides)
         row = {"arch": arch, "px": size, "K": k, "S": s, "N": k * s, **predict_row(model, k, s, repeats)}
         key = (arch, size, k)
         if key not in adam:
@@ -134,14 +136,15 @@ def run(grid: str, tiny: bool, batch: int, repeats: int, meta_size: int) -> dict
     return {"device": str(device()), "name": torch.cuda.get_device_name() if torch.cuda.is_available()
             else platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "grid": grid, "tiny": tiny, "batch": batch, "repeats": repeats,
-            "rows": rows, "meta_step": meta}
+            "rows": rows, "meta_step": meta, "overrides": list(overrides)}
 
 
 def markdown(result: dict, command: str) -> str:
     lines = [f"`{command}`", "",
              f"Device: {result['device']} ({result['name']}, {result['threads']} threads), torch {result['torch']}; "
              f"median of {result['repeats']} runs; Adam batch {result['batch']}. Untrained PudNet, ridge head, "
-             "random pixels (cost does not depend on either).", "",
+             "random pixels (cost does not depend on either); PudNetConfig overrides: "
+             f"{' '.join(result['overrides']) or 'none'}.", "",
              "1-minute load average {before:.1f} before the run and {after:.1f} after it, on {cpus} CPUs "
              "(other jobs share the machine: absolute times scale with it).".format(**result["load_average"]), "",
              "| target | px | K | S | N | predict s | predict ms/image | Adam step ms/image | ratio | response MB |",
@@ -165,11 +168,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--meta-size", type=int, default=112, help="image size of the meta-training step (0: skip it)")
+    parser.add_argument("--set", nargs="*", default=[], help="PudNetConfig key=value for the predicting model")
     parser.add_argument("--out", help="Markdown file")
     parser.add_argument("--json", help="JSON file")
     args = parser.parse_args(argv)
     load = os.getloadavg()[0]
-    result = run(args.grid, args.tiny, min(args.batch, 8) if args.tiny else args.batch, args.repeats, args.meta_size)
+    result = run(args.grid, args.tiny, min(args.batch, 8) if args.tiny else args.batch, args.repeats, args.meta_size,
+                 tuple(args.set))
     result["load_average"] = {"before": load, "after": os.getloadavg()[0], "cpus": os.cpu_count()}
     text = markdown(result, " ".join(["python bench/cost.py", *(sys.argv[1:] if argv is None else argv)]))
     print(text)

@@ -42,6 +42,10 @@ class PudNetConfig:
                                         # by its split-half ridge loss on the support set (pudnet.model.refine)
     refine_per_class: int = 32          # the refinement reads at most this many support images per class
     refine_alpha_init: float = 0.0      # the refinement's learned step sizes start here (0: the unrefined body)
+    refine_alpha_min: float | None = None  # a floor under the learned step sizes (None: none), so that
+                                        # meta-training cannot shrink the refinement away
+    refine_layers: int = 0              # > 0: refine only the body's last that many stages (a ConvNet block, a
+                                        # ResNet BasicBlock), the earlier ones run once; 0: the whole body
     sketch_per_class: int = 64          # the dataset encoder reads at most this many support images per class
     stats_images: int = 512             # BatchNorm statistics come from at most this many support images
     memory_mb: int = 512                # support images pass through in chunks whose activations fit in this
@@ -55,6 +59,8 @@ class PudNetConfig:
             raise ValueError(f"gate_penalty={self.gate_penalty}: expected >= 0")
         if self.refine_steps < 0:
             raise ValueError(f"refine_steps={self.refine_steps}: expected >= 0")
+        if self.refine_layers < 0:
+            raise ValueError(f"refine_layers={self.refine_layers}: expected >= 0 (0: the whole body)")
         if self.refine_per_class < 2:
             raise ValueError(f"refine_per_class={self.refine_per_class}: expected >= 2 (two halves)")
         if self.head not in HEADS:

@@ -156,9 +156,10 @@ class PudNet(nn.Module):
             self.film = nn.ModuleDict({layer.name.replace(".", "/"): ActivationFiLM(layer.weight_shape[0], cfg.hidden)
                                        for layer in spec.body if layer.kind == "norm"})
         if cfg.refine_steps:
-            names = [f"{layer.name}.{p}" for layer in spec.body
+            refined = tuple(f"{name}." for name, _ in self.target.stages[self.target.last_stages(cfg.refine_layers):])
+            names = [f"{layer.name}.{p}" for layer in spec.body if f"{layer.name}.".startswith(refined)
                      for p in ("weight", "bias")[:1 + (layer.kind == "norm")]]
-            self.refine = BodyRefinement(names, cfg.refine_steps, cfg.refine_alpha_init)
+            self.refine = BodyRefinement(names, cfg.refine_steps, cfg.refine_alpha_init, cfg.refine_alpha_min)
         if cfg.head == "ridge":       # lambda relative to the features' spread, and the logits' scale, learned
             self.log_lambda = nn.Parameter(torch.tensor(0.0))
             self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
@@ -248,20 +249,24 @@ class PudNet(nn.Module):
                     order: torch.Tensor, rank: torch.Tensor, chunk: int) -> dict[str, torch.Tensor]:
         """The body after ``cfg.refine_steps`` steps on its split-half ridge loss over at most
         ``cfg.refine_per_class`` images per class (and one chunk) of x, halves by the seeded rank's parity
-        (pudnet.model.refine); one method, so an ablation can feed it another dataset."""
+        (pudnet.model.refine); one method, so an ablation can feed it another dataset. With ``cfg.refine_layers``
+        the stages before the refined ones run once, without autograd, and each step recomputes only the rest."""
         n = min(int((rank < self.cfg.refine_per_class).sum()), chunk)      # order is by rank: a stratified prefix
         rows = order[:n]
         half = rank[:n] % 2 == 1
         if half.all() or not half.any():                                    # one image per class: no split
             return body
-        sx, sy = self._inputs(x, rows), labels[rows]
+        start, head = self.target.last_stages(self.cfg.refine_layers), len(self.target.stages) - 1
+        with torch.no_grad():       # the activations entering the first refined stage (the images if start = 0)
+            sx = self.target.staged(body, self._inputs(x, rows), 0, start, train=True)
+        sy = labels[rows]
         if self.cfg.head == "ridge":
             log_lambda, scale = self.log_lambda.detach(), self.log_scale.detach().exp()
         else:
             log_lambda, scale = torch.zeros((), device=x.device), torch.full((), 10.0, device=x.device)
 
         def loss(weights):
-            features = self.target.support_pass(weights, sx)[1]
+            features = torch.flatten(self.target.staged(weights, sx, start, head, train=True), 1)
             return split_half_loss(features, sy, half, num_classes, log_lambda, scale)
         return self.refine(body, loss)
 

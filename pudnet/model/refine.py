@@ -40,17 +40,22 @@ def split_half_loss(features: torch.Tensor, labels: torch.Tensor, half: torch.Te
 
 class BodyRefinement(nn.Module):
     """``steps`` normalised gradient steps on the generated body tensors ``names``, one learned size per
-    (step, tensor), starting at ``alpha_init`` (0: the identity)."""
+    (step, tensor), starting at ``alpha_init`` (0: the identity) and kept at or above ``alpha_min`` if given
+    (learned from 0.06 without a floor they shrank, and the body stopped depending on the data)."""
 
-    def __init__(self, names: list[str], steps: int, alpha_init: float = 0.0):
+    def __init__(self, names: list[str], steps: int, alpha_init: float = 0.0, alpha_min: float | None = None):
         super().__init__()
-        self.names = list(names)
+        self.names, self.alpha_min = list(names), alpha_min
         self.alpha = nn.Parameter(torch.full((steps, len(self.names)), alpha_init))
+
+    def step_sizes(self) -> torch.Tensor:
+        """(steps, len(names)): the learned sizes, floored at ``alpha_min``."""
+        return self.alpha if self.alpha_min is None else self.alpha.clamp_min(self.alpha_min)
 
     def forward(self, body: dict[str, torch.Tensor], loss_fn) -> dict[str, torch.Tensor]:
         """body: generated tensors (with their graph); loss_fn(body) -> scalar support loss. Returns theta'."""
         body = dict(body)
-        for alphas in self.alpha:
+        for alphas in self.step_sizes():
             with torch.enable_grad():
                 theta = {name: body[name].detach().requires_grad_() for name in self.names}
                 grads = torch.autograd.grad(loss_fn({**body, **theta}), [theta[n] for n in self.names])

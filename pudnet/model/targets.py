@@ -74,6 +74,17 @@ def build(arch: str, num_classes: int, **kwargs) -> nn.Module:
     return BUILDERS[arch](num_classes=num_classes, **kwargs)
 
 
+def stages(module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The target as a sequence of stages whose composition is its forward (flattened before the linear head):
+    its top-level children, a ``Sequential`` child counting as its own children (a ConvNet block, a ResNet
+    ``BasicBlock``). ``TargetRunner.staged`` runs a prefix or a suffix of them."""
+    out = []
+    for name, child in module.named_children():
+        out += ([(f"{name}.{n}", c) for n, c in child.named_children()] if isinstance(child, nn.Sequential)
+                else [(name, child)])
+    return out
+
+
 @dataclass(frozen=True)
 class LayerSpec:
     """One module that owns parameters, in forward (registration) order."""
@@ -172,6 +183,7 @@ class TargetRunner:
         self._capture = False                    # the head's pre-hook keeps its input while set
         self._modulate: Callable | None = None   # support_pass's per-norm-layer affine, while armed
         self._activation_bytes: dict[int, int] = {}
+        self.stages = stages(self.module)
         self._norms = [(name, sub) for name, sub in self.module.named_modules() if isinstance(sub, nn.BatchNorm2d)]
         for name, sub in self._norms:
             sub.momentum = 1.0   # a train-mode pass leaves in the running buffers the statistics it normalised with
@@ -201,11 +213,14 @@ class TargetRunner:
         if self._capture:
             self._features = inputs[0]
 
-    def _folded(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _folded(self, weights: dict[str, torch.Tensor], prefixes: tuple[str, ...] = ("",)) -> dict[str, torch.Tensor]:
         """Each norm layer's statistics folded into its affine parameters (mean 0, variance 1 left in the
-        buffers): the same function, but differentiable in the statistics, which eval-mode ``batch_norm`` is not."""
+        buffers): the same function, but differentiable in the statistics, which eval-mode ``batch_norm`` is not.
+        Only the norm layers under ``prefixes``."""
         folded = dict(weights)
         for name, norm in self._norms:
+            if not f"{name}.".startswith(prefixes):
+                continue
             mean, var = weights[f"{name}.running_mean"], weights[f"{name}.running_var"]
             scale = weights[f"{name}.weight"] * torch.rsqrt(var + norm.eps) * (1 + norm.eps) ** 0.5
             folded[f"{name}.weight"], folded[f"{name}.bias"] = scale, weights[f"{name}.bias"] - mean * scale
@@ -218,6 +233,34 @@ class TargetRunner:
         with self._lock:
             self.module.eval()
             return functional_call(self.module, folded, (x,))
+
+    def last_stages(self, count: int) -> int:
+        """Index of the first of the body's last ``count`` stages that hold parameters (0: the whole body)."""
+        owners = [i for i, (_, stage) in enumerate(self.stages[:-1]) if next(stage.parameters(), None) is not None]
+        return owners[-count] if 0 < count < len(owners) else 0
+
+    def staged(self, weights: dict[str, torch.Tensor], x: torch.Tensor, start: int = 0, stop: int | None = None,
+               train: bool = False) -> torch.Tensor:
+        """Stages ``start:stop`` (``self.stages``) on x, the activations entering stage ``start``, functionally.
+
+        ``weights`` needs only those stages' tensors. train: BatchNorm normalises with x's own batch statistics
+        (as ``support_pass``; no buffers read); else eval mode with the statistics in ``weights``.
+        """
+        chosen = self.stages[start:stop]
+        prefixes = tuple(f"{name}." for name, _ in chosen)
+        if train:
+            params = {k: v for k, v in weights.items() if k.startswith(prefixes)}
+            params.update({name: torch.zeros(shape, dtype=dtype, device=x.device) for name, shape, dtype
+                           in self.spec.buffers if name.startswith(prefixes)})
+        else:
+            params = self._folded({k: v for k, v in weights.items() if k.startswith(prefixes)}, prefixes)
+        with self._lock:
+            self.module.train(train)
+            for name, stage in chosen:
+                x = torch.flatten(x, 1) if isinstance(stage, nn.Linear) else x
+                own = {k[len(name) + 1:]: v for k, v in params.items() if k.startswith(f"{name}.")}
+                x = functional_call(stage, own, (x,))
+        return x
 
     def _dummy_head(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         head = self.spec.head

@@ -64,7 +64,9 @@ def test_permuting_class_labels_permutes_head_rows_only(head):
         assert torch.allclose(expected.float(), b[name].float(), atol=1e-5), name
 
 
-@pytest.mark.parametrize("refine", [{}, {"refine_steps": 1, "refine_alpha_init": 0.05}], ids=["plain", "refined"])
+@pytest.mark.parametrize("refine", [{}, {"refine_steps": 1, "refine_alpha_init": 0.05},
+                                    {"refine_steps": 2, "refine_alpha_init": 0.05, "refine_layers": 2}],
+                         ids=["plain", "refined", "refined layer4"])
 def test_generated_resnet18_loads_into_torchvision_and_runs_in_eval_mode(refine):
     torch.manual_seed(0)
     model = PudNet(PudNetConfig(arch="resnet18", target_kwargs={}, encoder_width=8, hidden=16,

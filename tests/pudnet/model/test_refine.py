@@ -4,7 +4,7 @@ import torch
 
 from pudnet import PudNet, PudNetConfig
 from pudnet.model.conditioning import foreign_conditioning
-from pudnet.model.refine import split_half_loss
+from pudnet.model.refine import BodyRefinement, split_half_loss
 from pudnet.model.targets import build
 
 SMALL = dict(target_kwargs={"depth": 2, "width": 16}, encoder_width=8, hidden=16, layer_embedding=8, max_classes=6)
@@ -76,6 +76,8 @@ def test_refine_per_class_is_checked():
         PudNetConfig(refine_per_class=1)
     with pytest.raises(ValueError, match="refine_steps"):
         PudNetConfig(refine_steps=-1)
+    with pytest.raises(ValueError, match="refine_layers"):
+        PudNetConfig(refine_layers=-1)
 
 
 def test_step_sizes_start_at_alpha_init():
@@ -88,3 +90,32 @@ def test_one_image_per_class_leaves_the_body_unrefined():
     with torch.no_grad():
         a, b = refined(0.1)(x, y, 3), refined(0.0)(x, y, 3)
     assert all(torch.isfinite(a[k]).all() and torch.allclose(a[k], b[k]) for k in a)
+
+
+def test_last_stage_refinement_changes_only_the_last_stage_and_reads_the_data():
+    (x, y), (ox, oy) = support(3, per_class=8), support(3, per_class=8, seed=1, shift=1.0)
+    with torch.no_grad():
+        plain = refined(0.0, refine_layers=1)(x, y, 3)
+        model = refined(0.1, refine_layers=1)
+        own = model(x, y, 3)
+        with foreign_conditioning(model, ox, oy, 3, activations=True):
+            foreign = model(x, y, 3)
+    last = {"features.block2.conv.weight", "features.block2.norm.weight", "features.block2.norm.bias"}
+    assert set(model.refine.names) == last and model.refine.alpha.shape == (1, 3)
+    body = [k for k in plain if k.startswith("features.") and "running" not in k and "num_batches" not in k]
+    assert {k for k in body if not torch.allclose(own[k], plain[k])} == last
+    assert not torch.allclose(own["features.block2.conv.weight"], foreign["features.block2.conv.weight"], atol=1e-4)
+
+
+def test_zero_steps_are_the_identity():
+    body = {"conv.weight": torch.randn(4, 3, 3, 3)}
+    out = BodyRefinement(["conv.weight"], steps=0)(body, lambda w: w["conv.weight"].sum())
+    assert out.keys() == body.keys() and torch.equal(out["conv.weight"], body["conv.weight"])
+
+
+def test_step_sizes_stay_at_or_above_the_floor():
+    refinement = BodyRefinement(["conv.weight"], steps=2, alpha_init=0.05, alpha_min=0.05)
+    with torch.no_grad():
+        refinement.alpha.copy_(torch.tensor([[-0.1], [0.2]]))
+    assert refinement.step_sizes().flatten().tolist() == pytest.approx([0.05, 0.2])
+    assert BodyRefinement(["conv.weight"], steps=1, alpha_init=-0.1).step_sizes().item() == pytest.approx(-0.1)

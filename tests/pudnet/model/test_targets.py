@@ -108,3 +108,45 @@ def test_runner_is_safe_to_call_from_many_threads():
         with ThreadPoolExecutor(8) as pool:
             got = list(pool.map(lambda x: runner.support_pass(params, x)[1], inputs))
     assert all(torch.equal(a, b) for a, b in zip(expected, got))
+
+
+def _random_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """net's state_dict with random BatchNorm affines and statistics, so eval mode is not the identity."""
+    g = torch.Generator().manual_seed(0)
+    state = net.state_dict()
+    for name, t in state.items():
+        if name.endswith(("running_mean", "bias")) and t.is_floating_point():
+            state[name] = 0.1 * torch.randn(t.shape, generator=g)
+        elif name.endswith("running_var") or (name.endswith("weight") and t.dim() == 1):
+            state[name] = 0.5 + torch.rand(t.shape, generator=g)
+    return state
+
+
+@pytest.mark.parametrize("arch,kwargs,split,names", [
+    ("convnet", {"depth": 3, "width": 16, "pool": 2}, 2, ["features.block1", "features.block2", "features.block3",
+                                                          "avgpool", "fc"]),
+    ("resnet18", {}, 11, ["conv1", "bn1", "relu", "maxpool"] + [f"layer{i}.{j}" for i in range(1, 5) for j in (0, 1)]
+     + ["avgpool", "fc"])])
+def test_split_forward_equals_the_full_forward(arch, kwargs, split, names):
+    torch.manual_seed(0)
+    net = targets.build(arch, 4, **kwargs)
+    runner = targets.TargetRunner(arch, 4, **kwargs)
+    assert [name for name, _ in runner.stages] == names
+    state, x = _random_state(net), torch.randn(6, 3, 32, 32)
+    net.load_state_dict(state)
+    with torch.no_grad():
+        full = net.eval()(x)
+        split_eval = runner.staged(state, runner.staged(state, x, 0, split), split)
+        train_features = torch.flatten(runner.staged(state, runner.staged(state, x, 0, split, train=True),
+                                                     split, -1, train=True), 1)
+        body = {k: v for k, v in state.items() if not k.startswith("fc.") and "running" not in k
+                and "num_batches" not in k}
+        support_features = runner.support_pass(body, x)[1]
+    assert torch.allclose(split_eval, full, atol=1e-4) and torch.allclose(runner(state, x), full, atol=1e-4)
+    assert torch.allclose(train_features, support_features, atol=1e-4)   # batch statistics, as the support pass
+
+
+def test_last_stages_counts_parameterised_body_stages():
+    convnet, resnet = targets.TargetRunner("convnet", 3, depth=3, width=8), targets.TargetRunner("resnet18", 3)
+    assert [convnet.last_stages(n) for n in (0, 1, 2, 3, 9)] == [0, 2, 1, 0, 0]
+    assert [resnet.stages[resnet.last_stages(n)][0] for n in (1, 2)] == ["layer4.1", "layer4.0"]
