@@ -65,6 +65,12 @@ def tiers(classes: list[str], mid: int, seed: int) -> dict[str, list[str]]:
     return {"6 default sources": default, **middle, "full bank": list(classes)}
 
 
+def runs_to_fit(classes: list[str], args: argparse.Namespace) -> dict[str, list[str]]:
+    """The runs this command meta-trains: :func:`tiers`, or with ``--full-only`` the full bank alone."""
+    runs = tiers(classes, args.mid, args.seed)
+    return {"full bank": runs["full bank"]} if args.full_only else runs
+
+
 def evaluate_run(path: str, args: argparse.Namespace, first: bool) -> dict:
     """The three held-out settings, both protocols, for one run's checkpoint."""
     methods = EVERY_MODEL + (FIRST_MODEL_ONLY if first else ())
@@ -178,10 +184,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         with ray_cluster() as where:
             print(f"ray cluster: {where}", flush=True)
             cfg, roots, split, classes = training_data(cfg)
-            runs_to_fit = tiers(classes, args.mid, args.seed)
-            if args.full_only:
-                runs_to_fit = {"full bank": runs_to_fit["full bank"]}
-            for i, (name, subset) in enumerate(runs_to_fit.items()):
+            for i, (name, subset) in enumerate(runs_to_fit(classes, args).items()):
                 start = time.perf_counter()
                 result = fit(dataclasses.replace(cfg, name=f"bank-scale-{i}"), roots, split, subset)
                 runs.append({"name": name, "classes": len(subset), "steps": args.steps, "seed": args.seed,
