@@ -4,6 +4,7 @@ seed 0, on three nested class sets, then evaluate every model on the same held-o
     python bench/bank_scale.py                     # 600 steps per run, 3 runs + evaluation: 57 min on 2 cores at load 13-24
     python bench/bank_scale.py --steps 20 --tasks 5 --out /tmp/t.md    # a quick look that the pipeline runs
     python bench/bank_scale.py --seed 1 --mid 0 --no-adam --out ...     # another seed, the two end points only
+    python bench/bank_scale.py --mid 0 --no-adam --set within_source=0.5 --out ...   # a recipe variant, every run
 
 One class split serves all three runs: the training job's own (``jobs/train.py training_data``: split groups,
 ``pudnet.data.bank.split_classes_by_group``) over its default sources, the 6 base sources plus the class bank
@@ -62,6 +63,12 @@ def tiers(classes: list[str], mid: int, seed: int) -> dict[str, list[str]]:
     extra = np.random.default_rng(seed).choice(bank, max(0, min(mid - len(default), len(bank))), replace=False)
     middle = {f"default + {len(extra)} bank classes": default + sorted(extra.tolist())} if mid else {}
     return {"6 default sources": default, **middle, "full bank": list(classes)}
+
+
+def runs_to_fit(classes: list[str], args: argparse.Namespace) -> dict[str, list[str]]:
+    """The runs this command meta-trains: :func:`tiers`, or with ``--full-only`` the full bank alone."""
+    runs = tiers(classes, args.mid, args.seed)
+    return {"full bank": runs["full bank"]} if args.full_only else runs
 
 
 def evaluate_run(path: str, args: argparse.Namespace, first: bool) -> dict:
@@ -159,6 +166,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results_bank_scale.md"))
     parser.add_argument("--plot", type=Path, default=Path(__file__).with_name("results_bank_scale.png"))
     parser.add_argument("--report-only", action="store_true", help="redraw --out and --plot from --out's .json")
+    parser.add_argument("--set", nargs="*", default=[], help="TrainConfig key=value for every run (the same recipe)")
+    parser.add_argument("--full-only", action="store_true", help="meta-train the full bank only (a recipe variant "
+                        "against an earlier table's end points)")
     args = parser.parse_args(argv)
     command = " ".join(["python bench/bank_scale.py", *(sys.argv[1:] if argv is None else argv)])
     numbers = args.out.with_suffix(".json")
@@ -168,12 +178,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(overrides=[f"sources={','.join(DEFAULT_SOURCES)}", f"steps={args.steps}",
                                      f"seed={args.seed}", f"split_seed={args.seed}", "eval_tasks=0",
-                                     f"checkpoint_every={args.steps}", f"storage_path={args.work or tmp}"])
+                                     f"checkpoint_every={args.steps}", f"storage_path={args.work or tmp}",
+                                     *args.set])
         runs = []
         with ray_cluster() as where:
             print(f"ray cluster: {where}", flush=True)
             cfg, roots, split, classes = training_data(cfg)
-            for i, (name, subset) in enumerate(tiers(classes, args.mid, args.seed).items()):
+            for i, (name, subset) in enumerate(runs_to_fit(classes, args).items()):
                 start = time.perf_counter()
                 result = fit(dataclasses.replace(cfg, name=f"bank-scale-{i}"), roots, split, subset)
                 runs.append({"name": name, "classes": len(subset), "steps": args.steps, "seed": args.seed,

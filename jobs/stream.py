@@ -33,4 +33,5 @@ def make_stream(cfg: TrainConfig, roots: list[str], classes: list[str], run_dir:
                                    queries=cfg.queries, seed=cfg.seed, window_rows=cfg.window_rows,
                                    cache_mb=cfg.stream_cache_mb, augment_p_class=cfg.augment_p_class,
                                    augment_shift=cfg.augment_shift, ways_max=cfg.ways_max,
-                                   shots_max=cfg.shots_max, max_support=cfg.max_support))
+                                   shots_max=cfg.shots_max, max_support=cfg.max_support,
+                                   within_source=cfg.within_source))

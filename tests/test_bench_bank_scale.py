@@ -1,8 +1,11 @@
 """bench/bank_scale.py's pieces that decide what is compared: the three runs' meta-train class sets are nested
 and seeded, and the report redraws from saved numbers. The training runs themselves are the benchmark's."""
+import argparse
 import json
 import sys
 from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -18,6 +21,18 @@ def test_the_three_class_sets_are_nested_and_seeded():
     assert list(tiers) == ["6 default sources", "default + 25 bank classes", "full bank"]
     assert bank_scale.tiers(classes, mid=40, seed=0) == tiers != bank_scale.tiers(classes, mid=40, seed=1)
     assert bank_scale.tiers(classes, mid=0, seed=0) == {"6 default sources": small, "full bank": full}  # end points
+
+
+def test_full_only_fits_the_full_bank_alone_and_set_reaches_every_run_config(tmp_path):
+    classes = [f"mnist/{d}" for d in range(10)] + [f"icons/i{i}" for i in range(50)]
+    args = argparse.Namespace(mid=30, seed=0, full_only=True)
+    assert bank_scale.runs_to_fit(classes, args) == {"full bank": classes}
+    assert len(bank_scale.runs_to_fit(classes, argparse.Namespace(mid=30, seed=0, full_only=False))) == 3
+    out = ["--out", str(tmp_path / "r.md"), "--plot", str(tmp_path / "r.png")]
+    with pytest.raises(ValueError, match="within_source=2.0"):      # checked by TrainConfig before any training
+        bank_scale.main(["--set", "within_source=2", *out])
+    with pytest.raises(ValueError, match="unknown key 'no_such_field'"):
+        bank_scale.main(["--set", "no_such_field=1", *out])
 
 
 def _result(methods):

@@ -48,6 +48,8 @@ def test_bad_config_values_fail_fast_naming_the_field():
         load_config(overrides=["lr=-0.1", "tasks_per_step=0"])
     with pytest.raises(ValueError, match="heldout_sources"):
         load_config(overrides=["heldout_sources=imagenet"])
+    with pytest.raises(ValueError, match=r"within_source=1.5 \(allowed: \[0, 1\]\)"):
+        load_config(overrides=["within_source=1.5"])
     with pytest.raises(ValueError, match="unknown key 'model.depth'"):
         load_config(overrides=["model.depth=3"])
 

@@ -133,6 +133,30 @@ def task_shape(seed: int, index: int, ways: tuple[int, int], shots: tuple[int, i
     return k, max(shots[0], min(s, shots[1], max_support // k))
 
 
+def pick_classes(rng: np.random.Generator, seed: int, index: int, sources: Sequence[str], ways: int,
+                 within_source: float = 0.0) -> np.ndarray:
+    """Positions of task ``index``'s K classes among classes whose sources are ``sources``, in random order.
+
+    A share ``within_source`` of tasks (decided by (seed, index) alone) takes its K classes from one source,
+    drawn with weight = its class count among sources with at least K classes: every class then comes up as
+    often as in a draw across sources, and only which classes share a task changes. The other tasks draw
+    from all classes with ``rng`` exactly as before the option existed, so 0 reproduces the old tasks.
+    """
+    if not 0 <= within_source <= 1:
+        raise ValueError(f"within_source={within_source}: expected a share in [0, 1]")
+    pick = np.random.default_rng([seed, index, 0x0C1A55])   # its own stream: ``rng`` stays the old sequence
+    if within_source and pick.random() < within_source:
+        names, counts = np.unique(np.asarray(sources), return_counts=True)
+        big = counts >= ways
+        if not big.any():
+            raise ValueError(f"within_source={within_source}: no source has {ways} classes "
+                             f"({dict(zip(names.tolist(), counts.tolist()))})")
+        chosen = pick.choice(names[big], p=counts[big] / counts[big].sum())
+        members = np.flatnonzero(np.asarray(sources) == chosen)
+        return members[rng.choice(len(members), ways, replace=False)]
+    return rng.choice(len(sources), ways, replace=False)
+
+
 @dataclass(frozen=True)
 class SubDataset:
     """One K-way task. Labels are 0..K-1 in ``class_names`` order, which is random per task.
@@ -202,11 +226,13 @@ class SubDatasetSampler:
         return {g: [c for c in names if len(self.train_pool[c]) >= s + q and len(self.test_pool[c]) >= t]
                 for g, names in self.groups.items()}
 
-    def sample(self, index: int, k: int, s: int, q: int, t: int = 0) -> SubDataset:
+    def sample(self, index: int, k: int, s: int, q: int, t: int = 0,
+               within_share: float = 0.0) -> SubDataset:
         """Task ``index``: K classes in random order, S + Q train-pool and T test-pool images each.
 
         Only classes with enough images take part; a group (source, with ``within_source``)
-        takes part if it has K such classes.
+        takes part if it has K such classes. ``within_share``: the share of tasks whose K classes come
+        from one source (:func:`pick_classes`, as the training stream draws them).
         """
         rng = np.random.default_rng([self.seed, index])
         eligible = self.eligible(s, q, t)
@@ -215,7 +241,8 @@ class SubDatasetSampler:
             raise ValueError(f"no {'source has' if self.within_source else 'pool has'} {k} classes with "
                              f"{s + q} train and {t} test images (eligible: { {g: len(c) for g, c in eligible.items()} })")
         pool = eligible[groups[index % len(groups)]]
-        chosen = [pool[i] for i in rng.choice(len(pool), k, replace=False)]
+        sources = [name.split("/", 1)[0] for name in pool]
+        chosen = [pool[i] for i in pick_classes(rng, self.seed, index, sources, k, within_share)]
         parts = {"support": [], "query": [], "test": []}
         for name in chosen:
             rows = rng.choice(self.train_pool[name], s + q, replace=False)

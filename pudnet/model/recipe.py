@@ -46,7 +46,10 @@ def local_tasks(cfg, sampler: SubDatasetSampler, step: int) -> list[SubDataset]:
     """Step ``step``'s tasks as the training stream (one worker) builds them, ``pudnet.data.stream.step_tasks``:
     the same indices, (K, S) and seeded augmentation, with images from ``sampler`` instead of the shards."""
     ids = range(step * cfg.tasks_per_step, (step + 1) * cfg.tasks_per_step)
-    return step_tasks(ids, lambda i, k, s: sampler.sample(i, k, s, cfg.queries), cfg.seed,
+
+    def sample(index: int, k: int, s: int) -> SubDataset:
+        return sampler.sample(index, k, s, cfg.queries, within_share=cfg.within_source)
+    return step_tasks(ids, sample, cfg.seed,
                       (cfg.ways, max(cfg.ways, cfg.ways_max)), (cfg.shots, max(cfg.shots, cfg.shots_max)),
                       cfg.max_support, cfg.augment_p_class, cfg.augment_shift)
 

@@ -42,6 +42,30 @@ def test_plan_is_seeded_distinct_and_reads_a_window():
     assert len(firsts) == 4                                                     # random class order per task
 
 
+def test_a_share_of_tasks_draws_its_classes_from_one_source():
+    rows = [[8, 8, 8, 6], [30], [5, 5, 5], [12, 12]] * 3
+    sources = ["a"] * 6 + ["b"] * 4 + ["c"] * 2                                # c: too few classes for 3-way
+    classes = lambda i, share: [c for c, _, _ in plan_task(i, rows, 3, 2, 3, 1, 0, sources, share)]
+    # share 0 gives the tasks of the code before the option (numbers from commit 9ababda)
+    assert [classes(i, 0.0) for i in range(6)] == [[5, 4, 9], [5, 4, 3], [11, 6, 4], [9, 0, 4], [6, 4, 11], [8, 4, 11]]
+    assert plan_task(4, rows, 3, 2, 3, seed=1)[0][2].tolist() == [1, 4, 0, 3, 2]
+    within = [classes(i, 1.0) for i in range(300)]
+    picked = [{sources[c] for c in task} for task in within]
+    assert all(len(s) == 1 for s in picked) and all(len(set(task)) == 3 for task in within)
+    share_a = sum(s == {"a"} for s in picked) / len(picked)
+    assert {"a", "b"} == set().union(*picked) and 0.5 < share_a < 0.7         # weighted by class count: 6/10
+    assert classes(17, 1.0) == within[17]                                       # a function of (seed, index)
+    across = [classes(i, 0.0) for i in range(300)]
+    half = [classes(i, 0.5) for i in range(300)]
+    assert all(h in (a, w) for h, a, w in zip(half, across, within))  # a task is today's, or its within-source draw
+    assert 0.4 < np.mean([h == w != a for h, a, w in zip(half, across, within)]) < 0.6
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="within_source"):
+            classes(0, bad)
+    with pytest.raises(ValueError, match="source of each"):
+        plan_task(0, rows, 3, 2, 3, seed=1, within_source=0.5)
+
+
 def test_builder_streams_only_given_classes_and_their_train_images(shards):
     classes = ["a/0", "a/2", "a/3", "a/5"]
     builder = SubDatasetBuilder(shards, classes, ways=3, shots=2, queries=4, seed=0)
@@ -67,6 +91,20 @@ def test_classes_too_small_for_a_task_are_refused(shards):
     assert kept == ["a/0"] and dropped == ["b/0", "b/1"]
     with pytest.raises(ValueError, match="trainable_classes"):
         SubDatasetBuilder(shards, ["a/0", "a/1", "b/0"], ways=2, shots=5, queries=5, seed=0)
+
+
+def test_builder_draws_within_one_source_and_refuses_a_share_no_source_can_fill(shards):
+    classes = [f"a/{c}" for c in range(6)] + ["b/0", "b/1", "b/2"]
+    builder = SubDatasetBuilder(shards, classes, ways=3, shots=2, queries=2, seed=0, within_source=1.0)
+    names = [json.loads(n) for n in builder({"id": np.arange(40)})["class_names"]]
+    assert all(len({n.split("/")[0] for n in task}) == 1 for task in names)
+    assert {task[0].split("/")[0] for task in names} == {"a", "b"}
+    again = builder({"id": np.array([7])})
+    assert json.loads(again["class_names"][0]) == names[7]
+    with pytest.raises(ValueError, match="within_source"):
+        SubDatasetBuilder(shards, classes, ways=7, shots=2, queries=2, seed=0, within_source=0.5)
+    with pytest.raises(ValueError, match="within_source"):
+        SubDatasetBuilder(shards, classes, ways=3, shots=2, queries=2, seed=0, within_source=2.0)
 
 
 def test_streamed_batch_trains_pudnet():

@@ -76,6 +76,20 @@ def test_within_source_tasks_use_one_source():
         sampler.sample(0, 5, 1, 1)
 
 
+def test_a_share_of_in_process_tasks_draws_within_one_source_as_the_stream_does():
+    """``within_share`` (TrainConfig.within_source in pudnet.model.recipe) picks classes as the stream does."""
+    bank = tiny_bank(sources=("a", "b", "c"), classes=4)
+    sampler = SubDatasetSampler(bank, bank.class_names[:10], seed=0)          # c has 2 classes: never within, K=3
+    for i in range(30):
+        default = sampler.sample(i, 3, 1, 1)
+        assert np.array_equal(sampler.sample(i, 3, 1, 1, within_share=0.0).support_x, default.support_x)
+        one = sampler.sample(i, 3, 1, 1, within_share=1.0).class_names
+        assert len({n.split("/")[0] for n in one}) == 1 and not one[0].startswith("c/")
+        assert sampler.sample(i, 3, 1, 1, within_share=1.0).class_names == one
+    with pytest.raises(ValueError, match="within_source"):
+        sampler.sample(0, 3, 1, 1, within_share=1.5)
+
+
 def test_only_classes_with_enough_images_take_part():
     bank = tiny_bank(sources=("a",), classes=4)
     keep = (bank.labels != 3) | (np.arange(len(bank.labels)) % 30 < 10)      # class a/3 keeps 10 images
