@@ -44,6 +44,7 @@ from jobs.train import fit, load_config, training_data  # noqa: E402
 from pudnet.data.sources import BASE_SOURCES, DEFAULT_SOURCES  # noqa: E402
 from pudnet.evaluation.episodes import METHOD_LABELS, Evaluator  # noqa: E402
 from pudnet.data.shards import Catalog  # noqa: E402
+from pudnet.data.tasks import class_source  # noqa: E402
 
 EVERY_MODEL = ("random_init", "ncm_pixels", "random_prototype", "pudnet")
 FIRST_MODEL_ONLY = ("linear_probe",)     # and Adam from scratch in the whole-dataset protocol (about 40 s per
@@ -51,14 +52,10 @@ WHOLE_ONLY = ("sgd_converged",)          # 5-way task here: too slow for every s
 WHOLE_SHOTS = (10, 100)
 
 
-def source(name: str) -> str:
-    return name.split("/", 1)[0]
-
-
 def tiers(classes: list[str], mid: int, seed: int) -> dict[str, list[str]]:
     """{run name: its meta-train classes}: the default sources' classes, plus a seeded sample of bank classes
     up to ``mid`` in all (no such run if ``mid`` is 0), then every class; each set contains the one before."""
-    default = [c for c in classes if source(c) in BASE_SOURCES]
+    default = [c for c in classes if class_source(c) in BASE_SOURCES]
     bank = sorted(set(classes) - set(default))
     extra = np.random.default_rng(seed).choice(bank, max(0, min(mid - len(default), len(bank))), replace=False)
     middle = {f"default + {len(extra)} bank classes": default + sorted(extra.tolist())} if mid else {}
@@ -81,7 +78,7 @@ def evaluate_run(path: str, args: argparse.Namespace, first: bool) -> dict:
     record = evaluate.load(cfg, smoke=False)
     catalog = Catalog(record.roots)
     split = record.split
-    default_intra = tuple(c for c in split.intra_test if source(c) in BASE_SOURCES)
+    default_intra = tuple(c for c in split.intra_test if class_source(c) in BASE_SOURCES)
     evaluator = Evaluator(record.model, cfg.sgd, cfg.seed, cfg.max_stats_images)
     out = {"checkpoint": record.path, "intra_classes": {"default": len(default_intra), "all": len(split.intra_test)}}
     settings = evaluate.tasks_protocol(cfg, record, catalog, evaluator)

@@ -15,7 +15,7 @@ import numpy as np
 
 from .augment import augment
 from .bank import split_classes_by_group
-from .tasks import ClassSplit, SubDataset, pick_classes, task_shape
+from .tasks import ClassSplit, SubDataset, class_source, pick_classes, task_shape
 from .shards import BlockReader, Catalog
 from pudnet.files import filesystem, join
 
@@ -97,7 +97,7 @@ class SubDatasetBuilder:
             raise ValueError(f"{len(classes)} classes for {most_ways}-way tasks; {len(small)} have < "
                              f"{most_shots + queries} train images ({small[:5]}): "
                              "pass classes from trainable_classes()")
-        self.sources = tuple(name.split("/", 1)[0] for name in classes)
+        self.sources = tuple(map(class_source, classes))
         if not 0 <= within_source <= 1 or (within_source and max(map(self.sources.count, self.sources)) < most_ways):
             raise ValueError(f"within_source={within_source}: expected a share in [0, 1], and above 0 a source "
                              f"with at least {most_ways} classes (the most per task)")

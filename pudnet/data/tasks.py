@@ -14,6 +14,11 @@ import numpy as np
 import torch
 
 
+def class_source(name: str) -> str:
+    """The source of a class named ``<source>/<class>``: the one rule for grouping and splitting by source."""
+    return name.split("/", 1)[0]
+
+
 @dataclass(frozen=True)
 class ClassBank:
     """Images of many classes, possibly from several source datasets.
@@ -39,7 +44,7 @@ class ClassBank:
 
     @property
     def class_sources(self) -> tuple[str, ...]:
-        return tuple(name.split("/", 1)[0] for name in self.class_names)
+        return tuple(map(class_source, self.class_names))
 
     @property
     def image_size(self) -> int:
@@ -108,7 +113,7 @@ def split_classes(class_names: Sequence[str], heldout_sources: Sequence[str], in
                   min_intra: int, seed: int) -> ClassSplit:
     """Seeded class split: left-out sources whole, then a fraction of the remaining classes."""
     names = sorted(class_names)
-    inter = [n for n in names if n.split("/", 1)[0] in heldout_sources]
+    inter = [n for n in names if class_source(n) in heldout_sources]
     rest = [n for n in names if n not in set(inter)]
     n_intra = max(min_intra, round(intra_fraction * len(rest)))
     if n_intra >= len(rest):
@@ -219,7 +224,7 @@ class SubDatasetSampler:
             self.test_pool[name], self.train_pool[name] = rows[:n_test], rows[n_test:]
         self.groups = {}
         for name in self.classes:
-            self.groups.setdefault(name.split("/", 1)[0] if within_source else "", []).append(name)
+            self.groups.setdefault(class_source(name) if within_source else "", []).append(name)
 
     def eligible(self, s: int, q: int, t: int) -> dict[str, list[str]]:
         """Per group, the classes with at least S + Q train-pool and T test-pool images."""
@@ -241,7 +246,7 @@ class SubDatasetSampler:
             raise ValueError(f"no {'source has' if self.within_source else 'pool has'} {k} classes with "
                              f"{s + q} train and {t} test images (eligible: { {g: len(c) for g, c in eligible.items()} })")
         pool = eligible[groups[index % len(groups)]]
-        sources = [name.split("/", 1)[0] for name in pool]
+        sources = [class_source(name) for name in pool]
         chosen = [pool[i] for i in pick_classes(rng, self.seed, index, sources, k, within_share)]
         parts = {"support": [], "query": [], "test": []}
         for name in chosen:
