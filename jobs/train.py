@@ -88,6 +88,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     augment_p_class: float = 0.5    # pudnet.data.augment in the stream: share of classes rotated/inverted into new ones
     augment_shift: int = 2          # and per-image random shifts of up to this many pixels (0 and 0: off)
+    augment_p_grey: float = 0.0     # share of tasks turned grey whole (colour cannot stand in for shape)
     window_rows: int = 0            # rows a class's read window spans per task (0: just S+Q; see pudnet.data.stream)
     stream_actors: int = 1          # Ray Data actors building sub-datasets
     stream_cpus: float = 0.5        # CPUs per stream actor
@@ -122,6 +123,7 @@ class TrainConfig:
                                       "a strict subset of sources"),
                   "intra_fraction": (0 <= self.intra_fraction < 1, "[0, 1)"),
                   "augment_p_class": (0 <= self.augment_p_class <= 1, "[0, 1]"),
+                  "augment_p_grey": (0 <= self.augment_p_grey <= 1, "[0, 1]"),
                   "within_source": (0 <= self.within_source <= 1, "[0, 1]"),
                   "test_fraction": (0 < self.test_fraction < 1, "(0, 1)"),
                   "cpus_per_worker": (self.cpus_per_worker > 0, "> 0"), "stream_cpus": (self.stream_cpus > 0, "> 0"),

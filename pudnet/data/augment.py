@@ -4,7 +4,9 @@ A few dozen real classes is a small meta-training set (the paper had 800 ImageNe
 each class of a sub-dataset gets one random transform shared by all its images: a rotation by a
 multiple of 90 degrees and/or inverted intensities make a new class that looks like a new source
 (dark strokes on white versus white on black), as rotated Omniglot classes do in few-shot
-learning. Each image then gets a small random shift. Pure numpy: Ray Data tasks can call it.
+learning. A share of whole sub-datasets is turned grey, so colour cannot stand in for shape (half the class
+bank is colour art; unseen sets such as Fashion-MNIST are grey). Each image then gets a small random shift.
+Pure numpy: Ray Data tasks can call it.
 """
 from __future__ import annotations
 
@@ -27,8 +29,16 @@ def _shift(images: np.ndarray, rng: np.random.Generator, max_shift: int) -> np.n
     return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
-def augment(sub: SubDataset, rng: np.random.Generator, p_class: float = 0.5, max_shift: int = 2) -> SubDataset:
-    """A copy of ``sub`` with per-class transforms (probability ``p_class``) and per-image shifts.
+def _grey(images: np.ndarray) -> np.ndarray:
+    """(N, R, R, 3) uint8 -> the same shape, each pixel's luminance (ITU-R 601) in all three channels."""
+    luma = np.rint(images @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)
+    return np.repeat(luma[..., None], 3, axis=-1)
+
+
+def augment(sub: SubDataset, rng: np.random.Generator, p_class: float = 0.5, max_shift: int = 2,
+            p_grey: float = 0.0) -> SubDataset:
+    """A copy of ``sub`` with per-class transforms (probability ``p_class``), the whole task turned grey
+    (probability ``p_grey``; no draw at 0, so older streams stay the same) and per-image shifts.
 
     Labels and class order are unchanged: only pixels move, so support and query of a class
     still match. Test images are transformed like their class too.
@@ -45,6 +55,7 @@ def augment(sub: SubDataset, rng: np.random.Generator, p_class: float = 0.5, max
         for part, labels in (("support_x", sub.support_y), ("query_x", sub.query_y), ("test_x", sub.test_y)):
             images = np.rot90(parts[part][labels == c], turns, axes=(1, 2))
             parts[part][labels == c] = 255 - images if invert else images
+    grey = p_grey > 0 and rng.random() < p_grey
     for part in parts:
-        parts[part] = _shift(parts[part], rng, max_shift)
+        parts[part] = _shift(_grey(parts[part]) if grey else parts[part], rng, max_shift)
     return dataclasses.replace(sub, class_names=tuple(names), **parts)

@@ -51,7 +51,7 @@ def local_tasks(cfg, sampler: SubDatasetSampler, step: int) -> list[SubDataset]:
         return sampler.sample(index, k, s, cfg.queries, within_share=cfg.within_source)
     return step_tasks(ids, sample, cfg.seed,
                       (cfg.ways, max(cfg.ways, cfg.ways_max)), (cfg.shots, max(cfg.shots, cfg.shots_max)),
-                      cfg.max_support, cfg.augment_p_class, cfg.augment_shift)
+                      cfg.max_support, cfg.augment_p_class, cfg.augment_shift, cfg.augment_p_grey)
 
 
 def meta_train_local(cfg, sampler: SubDatasetSampler, log_every: int = 0) -> PudNet:

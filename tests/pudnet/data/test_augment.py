@@ -36,3 +36,25 @@ def test_shift_moves_pixels_but_keeps_shape_and_is_seeded():
     assert np.array_equal(a.support_x, b.support_x) and not np.array_equal(a.support_x, sub.support_x)
     still = augment(sub, np.random.default_rng(5), p_class=0.0, max_shift=0)
     assert np.array_equal(still.support_x, sub.support_x)
+
+
+def test_grey_task_turns_every_image_grey_with_its_luminance_and_keeps_labels():
+    sub = task()
+    out = augment(sub, np.random.default_rng(0), p_class=0.0, max_shift=0, p_grey=1.0)
+    assert out.class_names == sub.class_names and np.array_equal(out.support_y, sub.support_y)
+    for part in ("support_x", "query_x", "test_x"):
+        images = getattr(out, part)
+        assert images.dtype == np.uint8 and images.shape == sub.support_x.shape
+        assert np.array_equal(images[..., 0], images[..., 1]) and np.array_equal(images[..., 0], images[..., 2])
+    pixel = sub.support_x[0, 0, 0].astype(float)
+    assert out.support_x[0, 0, 0, 0] == round(0.299 * pixel[0] + 0.587 * pixel[1] + 0.114 * pixel[2])
+
+
+def test_grey_share_zero_leaves_the_seeded_stream_as_before():
+    sub = task()
+    a = augment(sub, np.random.default_rng(3), p_class=0.5, max_shift=2)
+    b = augment(sub, np.random.default_rng(3), p_class=0.5, max_shift=2, p_grey=0.0)
+    assert a.class_names == b.class_names and np.array_equal(a.support_x, b.support_x)
+    greys = [augment(sub, np.random.default_rng(seed), p_class=0.0, max_shift=0, p_grey=0.5) for seed in range(40)]
+    share = np.mean([np.array_equal(g.support_x[..., 0], g.support_x[..., 1]) for g in greys])
+    assert 0.2 < share < 0.8                                                    # about half the tasks are grey
