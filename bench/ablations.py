@@ -15,7 +15,9 @@ The conditioning ablation: the prediction for one dataset while the body is gene
 (MNIST for the inter task, Fashion-MNIST for the intra one, same S): its sketch ("foreign sketch") or its
 sketch and its support images ("foreign sketch + support data": the activations the conditioning reads, and
 the images the refinement steps on). BatchNorm statistics and the head still come from the true support set,
-so the drop is what the data-dependent body is worth.
+so the drop is what the data-dependent body is worth. The last row ("... + BatchNorm statistics") takes the
+statistics from the other dataset too: the true support set then only fits the head, so its drop is what the
+whole dependence of the body on the data is worth, the support statistics included.
 """
 from __future__ import annotations
 
@@ -57,6 +59,10 @@ BASELINES = ("ncm_pixels", "random_prototype", "linear_probe")
 ADAM = ("sgd_1epoch", "sgd_converged")
 
 
+FOREIGN = (("foreign sketch", False, False), ("foreign sketch + support data", True, False),   # (row, activations,
+           ("foreign sketch + support data + BatchNorm statistics", True, True))                # statistics)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=300)
@@ -93,13 +99,13 @@ def main() -> None:
             rows += [(METHOD_LABELS[m], {key: s[m][0] for key, s in scores.items()}, None) for m in methods[1:]]
         rows.append((name, {key: s["pudnet"][0] for key, s in scores.items()}, train_s))
         print(rows[-1], flush=True)
-        for label, activations in (("foreign sketch", False), ("foreign sketch + support data", True)):
-            if activations and cfg.model.conditioning == "none" and not cfg.model.refine_steps:
+        for label, activations, statistics in FOREIGN:
+            if activations and not statistics and cfg.model.conditioning == "none" and not cfg.model.refine_steps:
                 continue
             acc = {}
             for key, (task, _) in tasks.items():
                 (ox, oy), _, _ = evaluator.tensors(other[key])
-                with foreign_conditioning(model, ox, oy, other[key].num_classes, activations):
+                with foreign_conditioning(model, ox, oy, other[key].num_classes, activations, statistics):
                     acc[key] = evaluator.run(task, 0, ("pudnet",)).scores["pudnet"][0]
             rows.append((f"{name}, {label}", acc, None))
             print(rows[-1], flush=True)

@@ -57,12 +57,15 @@ class ActivationFiLM(nn.Module):
 
 
 @contextlib.contextmanager
-def foreign_conditioning(model, x: torch.Tensor, y: torch.Tensor, k: int, activations: bool):
+def foreign_conditioning(model, x: torch.Tensor, y: torch.Tensor, k: int, activations: bool,
+                         statistics: bool = False):
     """The ablation of the conditioning: while inside, ``model`` (a PudNet) generates its body from (x, y) of
     ANOTHER dataset: its sketch, and with ``activations`` its BatchNorm modulations and its refined body
-    (``PudNet.refine_body``, pudnet.model.refine) too. BatchNorm statistics and the head still come from the
-    support set the model is called with."""
+    (``PudNet.refine_body``, pudnet.model.refine) too. The BatchNorm statistics still come from the support set
+    the model is called with, unless ``statistics``: then they are the other dataset's too, and the support set
+    only fits the head, on features normalised with them. That measures what the support statistics are worth."""
     recorded, modulation, encode, refine = {}, model.modulation, model.encoder.forward, model.refine_body
+    support_pass = model.target.support_pass
     def record(name, *args):
         recorded[name] = modulation(name, *args)
         return recorded[name]
@@ -72,13 +75,21 @@ def foreign_conditioning(model, x: torch.Tensor, y: torch.Tensor, k: int, activa
     def record_refined(*args):
         recorded["refined"] = refine(*args)
         return recorded["refined"]
+    def record_statistics(*args):
+        recorded["statistics"], features = support_pass(*args)
+        return recorded["statistics"], features
+    def foreign_statistics(body, x, modulate=None):
+        stats = recorded["statistics"]
+        return stats, model.target.features({**body, **stats}, x)
     try:
         model.modulation, model.encoder.forward, model.refine_body = record, record_sketch, record_refined
+        model.target.support_pass = record_statistics
         with torch.no_grad():
             model(x, y, k)
         model.encoder.forward = lambda *args: recorded["sketch"]
         model.modulation = (lambda name, *args: recorded[name]) if activations else modulation
         model.refine_body = (lambda *args: recorded["refined"]) if activations else refine
+        model.target.support_pass = foreign_statistics if statistics else support_pass
         yield
     finally:
-        del model.encoder.forward, model.modulation, model.refine_body
+        del model.encoder.forward, model.modulation, model.refine_body, model.target.support_pass

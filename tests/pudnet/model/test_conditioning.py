@@ -118,3 +118,18 @@ def test_foreign_conditioning_swaps_the_body_only_and_restores_the_model():
     assert torch.allclose(swapped[f"{norm}.running_mean"], own[f"{norm}.running_mean"])  # this data's statistics
     assert swapped["fc.weight"].shape == (3, 16)                                          # this data's head
     assert all(torch.equal(after[k], own[k]) for k in own)
+
+
+def test_foreign_statistics_swap_the_batchnorm_statistics_too_and_the_head_still_fits_this_data():
+    model = conditioned(0.5)
+    (x, y), (ox, oy) = support(3), support(4, seed=1, shift=1.0)
+    norm = "features.block1.norm"
+    with torch.no_grad():
+        own, other = model(x, y, 3), model(ox, oy, 4)
+        with foreign_conditioning(model, ox, oy, 4, activations=True, statistics=True):
+            swapped = model(x, y, 3)
+        after = model(x, y, 3)
+    for key in (f"{norm}.running_mean", f"{norm}.running_var", f"{norm}.weight"):
+        assert torch.allclose(swapped[key], other[key])                                  # the other data's
+    assert swapped["fc.weight"].shape == (3, 16) and not torch.allclose(swapped["fc.weight"], own["fc.weight"])
+    assert all(torch.equal(after[k], own[k]) for k in own)                               # restored
