@@ -88,7 +88,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     augment_p_class: float = 0.5    # pudnet.data.augment in the stream: share of classes rotated/inverted into new ones
     augment_shift: int = 2          # and per-image random shifts of up to this many pixels (0 and 0: off)
-    augment_p_grey: float = 0.0     # share of tasks turned grey whole (colour cannot stand in for shape)
+    augment_p_grey: float = 0.0     # share of tasks turned grey whole (0.5 did not help: bench/results_bank_scale.md)
     window_rows: int = 0            # rows a class's read window spans per task (0: just S+Q; see pudnet.data.stream)
     stream_actors: int = 1          # Ray Data actors building sub-datasets
     stream_cpus: float = 0.5        # CPUs per stream actor

@@ -4,8 +4,9 @@ A few dozen real classes is a small meta-training set (the paper had 800 ImageNe
 each class of a sub-dataset gets one random transform shared by all its images: a rotation by a
 multiple of 90 degrees and/or inverted intensities make a new class that looks like a new source
 (dark strokes on white versus white on black), as rotated Omniglot classes do in few-shot
-learning. A share of whole sub-datasets is turned grey, so colour cannot stand in for shape (half the class
-bank is colour art; unseen sets such as Fashion-MNIST are grey). Each image then gets a small random shift.
+learning. Optionally a share of whole sub-datasets is turned grey, so colour cannot stand in for shape (half
+the class bank is colour art; Fashion-MNIST is grey); it did not help (bench/results_bank_scale.md), so it is
+off by default. Each image then gets a small random shift.
 Pure numpy: Ray Data tasks can call it.
 """
 from __future__ import annotations
