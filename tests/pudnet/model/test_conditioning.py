@@ -105,31 +105,33 @@ def test_recipe_puts_base_kernels_in_a_slower_group_and_warms_up():
     assert lr_factor(50, 100, 0, "cosine") == pytest.approx(0.5) and lr_factor(7, 100, 0, "constant") == 1.0
 
 
-def test_foreign_conditioning_swaps_the_body_only_and_restores_the_model():
+NORM = "features.block1.norm"
+
+
+def foreign_run(statistics: bool) -> tuple[dict, dict, dict, dict]:
+    """(own, other, swapped, after): a 3-way prediction, a 4-way one on other data, the 3-way one inside
+    foreign_conditioning with the other data, and the 3-way one again afterwards."""
     model = conditioned(0.5)
     (x, y), (ox, oy) = support(3), support(4, seed=1, shift=1.0)
-    norm = "features.block1.norm"
     with torch.no_grad():
         own, other = model(x, y, 3), model(ox, oy, 4)
-        with foreign_conditioning(model, ox, oy, 4, activations=True):
+        with foreign_conditioning(model, ox, oy, 4, activations=True, statistics=statistics):
             swapped = model(x, y, 3)
         after = model(x, y, 3)
-    assert torch.allclose(swapped[f"{norm}.weight"], other[f"{norm}.weight"])          # the other data's body
-    assert torch.allclose(swapped[f"{norm}.running_mean"], own[f"{norm}.running_mean"])  # this data's statistics
+    return own, other, swapped, after
+
+
+def test_foreign_conditioning_swaps_the_body_only_and_restores_the_model():
+    own, other, swapped, after = foreign_run(statistics=False)
+    assert torch.allclose(swapped[f"{NORM}.weight"], other[f"{NORM}.weight"])          # the other data's body
+    assert torch.allclose(swapped[f"{NORM}.running_mean"], own[f"{NORM}.running_mean"])  # this data's statistics
     assert swapped["fc.weight"].shape == (3, 16)                                          # this data's head
     assert all(torch.equal(after[k], own[k]) for k in own)
 
 
 def test_foreign_statistics_swap_the_batchnorm_statistics_too_and_the_head_still_fits_this_data():
-    model = conditioned(0.5)
-    (x, y), (ox, oy) = support(3), support(4, seed=1, shift=1.0)
-    norm = "features.block1.norm"
-    with torch.no_grad():
-        own, other = model(x, y, 3), model(ox, oy, 4)
-        with foreign_conditioning(model, ox, oy, 4, activations=True, statistics=True):
-            swapped = model(x, y, 3)
-        after = model(x, y, 3)
-    for key in (f"{norm}.running_mean", f"{norm}.running_var", f"{norm}.weight"):
+    own, other, swapped, after = foreign_run(statistics=True)
+    for key in (f"{NORM}.running_mean", f"{NORM}.running_var", f"{NORM}.weight"):
         assert torch.allclose(swapped[key], other[key])                                  # the other data's
     assert swapped["fc.weight"].shape == (3, 16) and not torch.allclose(swapped["fc.weight"], own["fc.weight"])
     assert all(torch.equal(after[k], own[k]) for k in own)                               # restored
