@@ -151,13 +151,14 @@ def pick_classes(rng: np.random.Generator, seed: int, index: int, sources: Seque
         raise ValueError(f"within_source={within_source}: expected a share in [0, 1]")
     pick = np.random.default_rng([seed, index, 0x0C1A55])   # its own stream: ``rng`` stays the old sequence
     if within_source and pick.random() < within_source:
-        names, counts = np.unique(np.asarray(sources), return_counts=True)
+        of = np.asarray(sources)
+        names, counts = np.unique(of, return_counts=True)
         big = counts >= ways
         if not big.any():
             raise ValueError(f"within_source={within_source}: no source has {ways} classes "
                              f"({dict(zip(names.tolist(), counts.tolist()))})")
         chosen = pick.choice(names[big], p=counts[big] / counts[big].sum())
-        members = np.flatnonzero(np.asarray(sources) == chosen)
+        members = np.flatnonzero(of == chosen)
         return members[rng.choice(len(members), ways, replace=False)]
     return rng.choice(len(sources), ways, replace=False)
 
