@@ -37,23 +37,27 @@ PROVENANCE = {  # source: (domain, packages, licence as the packages' copyright 
     "icons": ("desktop icons", tuple(p for p, _ in ICON_THEMES), "GPL/LGPL/CC-BY-SA per theme (see README)"),
     "glyphs": ("typeset letters and digits", FONT_PACKAGES, "OFL/GPL/LPPL/Apache per font package"),
     "symbols": ("typeset symbols and punctuation", FONT_PACKAGES, "OFL/GPL/LPPL/Apache per font package"),
+    "scripts": ("typeset Hebrew, Armenian and Georgian letters", FONT_PACKAGES, "OFL/GPL/LPPL/Apache per font package"),
+    "signs": ("typeset maths, arrows and technical signs", FONT_PACKAGES, "OFL/GPL/LPPL/Apache per font package"),
     "emoji_sets": ("emoji", ("openmoji", "@twemoji/svg"), "CC-BY-SA-4.0 (OpenMoji), CC-BY-4.0 (Twemoji)")}
 
 _DIGIT_SOURCES = ("digits", "mnist", "glyphs")
-_CONFUSABLE = {"I": "l", "1": "l", "|": "l", "0": "o"}  # typeset alike in many fonts (sans I, l, 1; O and 0)
+_CONFUSABLE = {"I": "l", "1": "l", "|": "l", "0": "o",  # typeset alike in many fonts (sans I, l, 1; O and 0)
+               "ך": "כ", "ם": "מ", "ן": "נ", "ף": "פ", "ץ": "צ"}  # a Hebrew letter's final form, as another case
+_SLOWEST = ("icons", "signs", "glyphs", "symbols", "emoji_sets")  # render time, longest first (a cold setup)
+_TYPESET = ("glyphs", "symbols", "scripts", "signs")   # sources whose class names are "U+XXXX name"
 
 
 def split_group(class_name: str) -> str:
     """The group a class moves with when classes are split into meta-train and held-out, so near-identical
     classes never straddle the split: a letter with its other case and its accented forms (``A a À á`` ->
-    ``letter:a``), ``I l 1 |`` together and ``0`` with ``O o``; a digit across handwritten and typeset
-    sources (``mnist/3``, ``digits/3``, ``glyphs/U+0033 digit three`` -> ``digit:3``; ``mnist/0`` goes
-    with ``O``); an icon with the icons
-    sharing its first name part (``folder``, ``folder-music`` -> ``icon:folder``); an emoji subgroup across
-    emoji sources (``emoji/animal-bird``, ``emoji_sets/animal-bird`` -> ``emoji:animal-bird``). Any other
-    class is its own group."""
+    ``letter:a``), a Hebrew letter with its final form, ``I l 1 |`` together and ``0`` with ``O o``; a digit
+    across handwritten and typeset sources (``mnist/3``, ``digits/3``, ``glyphs/U+0033 digit three`` ->
+    ``digit:3``; ``mnist/0`` goes with ``O``); an icon with the icons sharing its first name part (``folder``,
+    ``folder-music`` -> ``icon:folder``); an emoji subgroup across emoji sources (``emoji/animal-bird``,
+    ``emoji_sets/animal-bird`` -> ``emoji:animal-bird``). Any other class is its own group."""
     source, _, name = class_name.partition("/")
-    if source in ("glyphs", "symbols") and name.startswith("U+"):
+    if source in _TYPESET and name.startswith("U+"):
         char = chr(int(name[2:].split()[0], 16))
         base = _CONFUSABLE.get(char, unicodedata.normalize("NFKD", char)[0].casefold())
         source, name = ("digit", base) if base.isdigit() else ("letter", base) if base.isalpha() else (source, name)
@@ -160,7 +164,7 @@ def render(sources: Sequence[str], image_size: int, max_per_class: int | None, w
     renders serially: its de-duplication is one ordered pass), so a cold setup uses every core.
     Returns {source rendered: seconds}; a source that is not installed is left for the caller to report."""
     todo = [s for s in sources if not cache_path(default_cache_dir(), s, image_size, max_per_class).exists()]
-    todo.sort(key=lambda s: (s not in ("glyphs", "icons", "symbols", "emoji_sets"), s))
+    todo.sort(key=lambda s: (_SLOWEST.index(s) if s in _SLOWEST else len(_SLOWEST), s))
     if workers <= 1 or len(todo) <= 1:
         done = [_render_one(s, image_size, max_per_class) for s in todo]
         return {s: sec for s, missing, sec in done if not missing}

@@ -61,6 +61,25 @@ LETTERS = "".join(c for c in (
     + "άέήίόύώЂЉЊЋЏђљњћџҐґ") if c not in HOMOGLYPHS)
 SYMBOLS = ("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~¡¢£¤¥¦§¨©«¬®¯°±²³´µ¶·¸¹º»¼½¾¿×÷–—‘’‚“”„†‡•…‰‹›€™"
            "←↑→↓↔↕⇐⇒⇔∀∂∃∅∇∈∉∏∑−∓√∝∞∠∧∨∩∪∫∮∴∼≅≈≠≡≤≥⊂⊃⊆⊇⊕⊗⊥⋅⌀⌂⌘■□▲△▶▼◆◇○●◊★☆☎☐☑☒☺☹☼♀♂♠♣♥♦♩♪♫♭♯✓✗✚✱❤")
+
+
+def _named(first: int, last: int, categories: tuple[str, ...]) -> str:
+    """The named characters U+first..U+last whose Unicode category starts with one of ``categories`` and that
+    are their own NFKC form (a compatibility copy such as K KELVIN SIGN or ① draws another class)."""
+    return "".join(c for c in map(chr, range(first, last + 1)) if unicodedata.name(c, "")
+                   and unicodedata.category(c).startswith(categories) and unicodedata.normalize("NFKC", c) == c)
+
+
+SCRIPT_LOOKALIKES = "ՕՍԼՈօոռսհզքցხ"  # drawn like Latin O U L, ∩, o n n u h q p g (Armenian), b (Georgian)
+SCRIPT_LETTERS = "".join(c for first, last in ((0x5D0, 0x5EA), (0x531, 0x587), (0x10A0, 0x10FF))  # Hebrew, Armenian,
+                         for c in _named(first, last, ("Lu", "Ll", "Lo")) if c not in SCRIPT_LOOKALIKES)  # Georgian
+SIGN_BLOCKS = ((0x20A0, 0x20C0), (0x2100, 0x214F), (0x2190, 0x23FF), (0x25A0, 0x27FF), (0x2900, 0x2BFF))  # currency,
+# letterlike, arrows, maths operators, technical, geometric shapes, miscellaneous symbols, dingbats, more maths and
+# arrows; not General Punctuation (dashes, quotes, slashes drawn like SYMBOLS), box drawing (line pieces) or Braille
+SIGN_LOOKALIKES = "₣₤₫℈↟↡↨↮⇏⇨∆∊∍∕∖∗∡≂≃≊⊘⋆⌐⌠▫◦⩾"  # mean drawing within 5 (|pixel difference|, 32 px) of a SYMBOLS or
+# LETTERS class's (₤ £, ∆ Δ, ∗ •, ∕ /, ◦ «, ...): copies of a class, not classes
+SIGNS = "".join(c for first, last in SIGN_BLOCKS for c in _named(first, last, ("S",))
+                if c not in SYMBOLS and c not in SIGN_LOOKALIKES)
 _RENDER_ERRORS = _DECODE_ERRORS + (RecursionError, ArithmeticError, LookupError, TypeError, AttributeError)  # what
 # cairosvg raises on SVGs it cannot draw (a <use> cycle: RecursionError); such a file is skipped, counted, warned
 _SKIN_TONES = {"1f3fb", "1f3fc", "1f3fd", "1f3fe", "1f3ff"}  # recoloured copies of a base emoji
@@ -185,17 +204,21 @@ def _glyph(font: ImageFont.FreeTypeFont, char: str, px: int = 64) -> Image.Image
 
 def glyph_candidates(font_paths: Sequence[Path], chars: str) -> dict[str, list[tuple[str, Callable]]]:
     """{character: [(font file name, render)]} for the fonts that draw it: a rendering that is blank or
-    equal to the font's .notdef box (what it draws for U+10FFFD) is a missing glyph and returns None."""
+    equal to the font's .notdef box (what it draws for U+0378, an unassigned code point) is a missing glyph and
+    returns None. (Asana Math draws another box for the plane-16 U+10FFFD, so that one let boxes through.)"""
     out: dict[str, list[tuple[str, Callable]]] = {c: [] for c in chars}
     for path in font_paths:
         try:
             font = ImageFont.truetype(str(path), 44)
         except OSError:
             continue
-        notdef = np.asarray(_glyph(font, "\U0010fffd"))
+        notdef = np.asarray(_glyph(font, "\u0378"))
 
         def render(char: str, font=font, notdef=notdef) -> Image.Image | None:
-            image = _glyph(font, char)
+            try:
+                image = _glyph(font, char)
+            except RuntimeError:   # raqm cannot lay the character out in this font: no glyph
+                return None
             pixels = np.asarray(image)
             return None if pixels.min() > 128 or np.array_equal(pixels, notdef) else image
         for char in chars:
@@ -245,6 +268,17 @@ def load_glyphs(image_size: int, max_per_class: int | None) -> ClassBank:
 def load_symbols(image_size: int, max_per_class: int | None) -> ClassBank:
     """Punctuation, currency, arithmetic, arrows, math and pictographic symbols from the same fonts."""
     return _glyph_bank("symbols", SYMBOLS, image_size, max_per_class)
+
+
+def load_scripts(image_size: int, max_per_class: int | None) -> ClassBank:
+    """Hebrew, Armenian and Georgian letters from the same fonts: letters of other scripts, class = character."""
+    return _glyph_bank("scripts", SCRIPT_LETTERS, image_size, max_per_class)
+
+
+def load_signs(image_size: int, max_per_class: int | None) -> ClassBank:
+    """Maths operators, arrows, currency, technical, geometric and dingbat signs beyond SYMBOLS, from the same
+    fonts."""
+    return _glyph_bank("signs", SIGNS, image_size, max_per_class)
 
 
 def npm_dir(package: str) -> Path:

@@ -20,7 +20,7 @@ from pudnet.data.images import class_of, hidden
 from pudnet.data.tasks import ClassBank
 from pudnet.files import atomic_path
 
-CACHE_VERSION = 1  # part of every cache file name: bump it when to_rgb_array or a loader changes pixels
+CACHE_VERSION = 2  # part of every cache file name: bump it when to_rgb_array or a loader changes pixels
 _SYSTEM_ROOT = Path("/")  # where apt-get installs Debian packages' data
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 _OPENCLIPART_SKIP = ("special", "shapes", "unsorted", "computer/icons", "computer/buttons",
@@ -237,7 +237,7 @@ def _bank_loader(name: str) -> Callable[[int, int | None], ClassBank]:
 
 
 BASE_SOURCES = ("mnist", "digits", "animal_mnist", "fashion_mnist", "openclipart", "emoji")  # PUDNET_BANK=default
-BANK_SOURCES = ("icons", "glyphs", "symbols", "emoji_sets")  # issue 10's class bank (scripts/setup.sh installs it)
+BANK_SOURCES = ("icons", "glyphs", "symbols", "emoji_sets", "scripts", "signs")  # issue 10's class bank (setup.sh)
 DEFAULT_SOURCES = BASE_SOURCES + BANK_SOURCES  # what training uses unless told: those of these that are installed
 SOURCES: dict[str, Callable[[int, int | None], ClassBank]] = {  # loader(image_size, max_per_class)
     "digits": load_digits, "mnist": load_mnist, "animal_mnist": load_animal_mnist,

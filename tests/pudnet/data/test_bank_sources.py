@@ -1,6 +1,7 @@
 """The class bank's loaders (pudnet.data.bank_sources) on small data made here: a fake icon theme, a few glyphs of an
 installed font, fake emoji SVGs; deduplication; and its bookkeeping (pudnet.data.bank): split groups, provenance,
 the montage."""
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +105,51 @@ def test_glyph_candidates_render_centred_and_refuse_missing_glyphs():
     assert found["\u4e2d"][0][1]() is None
 
 
+def test_a_glyph_drawn_as_the_fonts_box_is_missing():
+    fonts = list(Path("/usr/share").rglob("Asana-Math.otf"))   # draws a box for U+0378 unlike for U+10FFFD
+    if not fonts:
+        pytest.skip("fonts-oflb-asana-math is not installed")
+    found = glyph_candidates(fonts[:1], "\u05d0\u0411\u2200")    # no Hebrew, no Cyrillic; has maths
+    assert found["\u05d0"][0][1]() is None and found["\u0411"][0][1]() is None
+    assert found["\u2200"][0][1]() is not None
+
+
+def test_a_glyph_the_font_cannot_lay_out_is_missing(monkeypatch):
+    (_, render), = glyph_candidates([_a_font()], "A")["A"]
+
+    def fail(font, char, px=64):
+        raise RuntimeError("raqm_layout() failed.")
+    monkeypatch.setattr(bank_sources, "_glyph", fail)
+    assert render() is None
+
+
+def test_scripts_and_signs_are_new_classes_not_copies():
+    letters, symbols = set(bank_sources.LETTERS), set(bank_sources.SYMBOLS)
+    for chars, kinds in ((bank_sources.SCRIPT_LETTERS, ("Lu", "Ll", "Lo")),
+                         (bank_sources.SIGNS, ("Sm", "So", "Sc", "Sk"))):
+        assert len(set(chars)) == len(chars) > 100
+        assert not set(chars) & (letters | symbols)
+        assert all(unicodedata.category(c) in kinds and unicodedata.normalize("NFKC", c) == c for c in chars)
+    assert not set(bank_sources.SCRIPT_LOOKALIKES) & set(bank_sources.SCRIPT_LETTERS)
+    assert not set(bank_sources.SIGN_LOOKALIKES) & set(bank_sources.SIGNS)
+    assert {"\u05d0", "\u0531", "\u10d0"} <= set(bank_sources.SCRIPT_LETTERS)       # Hebrew, Armenian, Georgian
+    assert {"\u221b", "\u21d1", "\u2602"} <= set(bank_sources.SIGNS) and "\u212a" not in bank_sources.SIGNS  # Kelvin: K
+
+
+@pytest.mark.parametrize("load, chars", [(bank_sources.load_scripts, "\u05d0\u05d1\u0561"),
+                                         (bank_sources.load_signs, "\u221b\u21d1")])
+def test_scripts_and_signs_load_one_class_per_character(monkeypatch, load, chars):
+    font = _a_font()
+    monkeypatch.setattr(bank_sources, "font_files", lambda: [font])
+    monkeypatch.setattr(bank_sources, "SCRIPT_LETTERS" if load is bank_sources.load_scripts else "SIGNS", chars)
+    dedup = bank_sources.dedup_bank
+    monkeypatch.setattr(bank_sources, "dedup_bank", lambda *a, **k: dedup(*a, **k, min_per_class=1))  # one font
+    got = load(8, 2)
+    source = "scripts" if load is bank_sources.load_scripts else "signs"
+    assert got.class_names == tuple(f"{source}/U+{ord(c):04X} {unicodedata.name(c).lower()}" for c in sorted(chars))
+    assert got.images.shape == (len(chars), 8, 8, 3) and np.array_equal(got.labels, np.arange(len(chars)))
+
+
 def test_load_glyphs_without_fonts_names_the_install(monkeypatch):
     monkeypatch.setattr(bank_sources, "_package_files", lambda package, suffixes: [])
     with pytest.raises(SourceUnavailable, match="apt-get install -y fonts-dejavu-core"):
@@ -142,7 +188,10 @@ def test_load_emoji_sets_without_npm_names_the_install(monkeypatch, tmp_path):
     ("mnist/3", "digit:3"), ("digits/3", "digit:3"), ("symbols/U+0025 percent sign", "symbols:U+0025 percent sign"),
     ("icons/folder-music", "icon:folder"), ("icons/folder", "icon:folder"),
     ("emoji/animal-bird", "emoji:animal-bird"), ("emoji_sets/animal-bird", "emoji:animal-bird"),
-    ("openclipart/animals/birds", "openclipart:animals/birds"), ("fashion_mnist/bag", "fashion_mnist:bag")])
+    ("openclipart/animals/birds", "openclipart:animals/birds"), ("fashion_mnist/bag", "fashion_mnist:bag"),
+    ("scripts/U+05DA hebrew letter final kaf", "letter:\u05db"), ("scripts/U+05DB hebrew letter kaf", "letter:\u05db"),
+    ("scripts/U+0531 armenian capital letter ayb", "letter:\u0561"),
+    ("signs/U+2260 not equal to", "signs:U+2260 not equal to")])
 def test_split_group(name, group):
     assert split_group(name) == group
 
