@@ -23,7 +23,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pudnet.data.bank_sources import FONT_PACKAGES, ICON_THEMES, SEED, SourceUnavailable, npm_dir
+from pudnet.data.bank_sources import (FONT_PACKAGES, ICON_THEMES, SEED, SYMBOLS, SourceUnavailable, char_name,
+                                      npm_dir)
 from pudnet.data.tasks import ClassBank, ClassSplit
 from pudnet.data.sources import SOURCES, cache_path, default_cache_dir, load_class_bank
 
@@ -44,23 +45,28 @@ PROVENANCE = {  # source: (domain, packages, licence as the packages' copyright 
 _DIGIT_SOURCES = ("digits", "mnist", "glyphs")
 _CONFUSABLE = {"I": "l", "1": "l", "|": "l", "0": "o",  # typeset alike in many fonts (sans I, l, 1; O and 0)
                "ך": "כ", "ם": "מ", "ן": "נ", "ף": "פ", "ץ": "צ"}  # a Hebrew letter's final form, as another case
-_SLOWEST = ("icons", "signs", "glyphs", "symbols", "emoji_sets")  # render time, longest first (a cold setup)
+_SLOWEST = ("signs", "icons", "glyphs", "symbols", "emoji_sets")  # render time, longest first (a cold setup)
 _TYPESET = ("glyphs", "symbols", "scripts", "signs")   # sources whose class names are "U+XXXX name"
 
 
 def split_group(class_name: str) -> str:
     """The group a class moves with when classes are split into meta-train and held-out, so near-identical
     classes never straddle the split: a letter with its other case and its accented forms (``A a À á`` ->
-    ``letter:a``), a Hebrew letter with its final form, ``I l 1 |`` together and ``0`` with ``O o``; a digit
-    across handwritten and typeset sources (``mnist/3``, ``digits/3``, ``glyphs/U+0033 digit three`` ->
-    ``digit:3``; ``mnist/0`` goes with ``O``); an icon with the icons sharing its first name part (``folder``,
-    ``folder-music`` -> ``icon:folder``); an emoji subgroup across emoji sources (``emoji/animal-bird``,
-    ``emoji_sets/animal-bird`` -> ``emoji:animal-bird``). Any other class is its own group."""
+    ``letter:a``), a Hebrew letter with its final form, a negated or marked sign with its base (``≢`` with
+    ``≡``), ``I l 1 |`` together and ``0`` with ``O o``; a digit across handwritten and typeset sources
+    (``mnist/3``, ``digits/3``, ``glyphs/U+0033 digit three`` -> ``digit:3``; ``mnist/0`` goes with ``O``); an
+    icon with the icons sharing its first name part (``folder``, ``folder-music`` -> ``icon:folder``); an emoji
+    subgroup across emoji sources (``emoji/animal-bird``, ``emoji_sets/animal-bird`` -> ``emoji:animal-bird``).
+    Any other class is its own group."""
     source, _, name = class_name.partition("/")
     if source in _TYPESET and name.startswith("U+"):
         char = chr(int(name[2:].split()[0], 16))
-        base = _CONFUSABLE.get(char, unicodedata.normalize("NFKD", char)[0].casefold())
-        source, name = ("digit", base) if base.isdigit() else ("letter", base) if base.isalpha() else (source, name)
+        parts = unicodedata.normalize("NFKD", char)
+        base = _CONFUSABLE.get(char, parts[0].casefold())
+        if base.isdigit() or base.isalpha():
+            source, name = ("digit" if base.isdigit() else "letter"), base
+        elif source == "signs" and len(parts) > 1:   # a negated or marked sign (≢, ⇍) goes with its base's class
+            source, name = ("symbols" if base in SYMBOLS else "signs"), char_name(base)
     elif source in _DIGIT_SOURCES and name.isdigit():   # with its typeset glyph's group: 0 with O, 1 with l
         source, name = ("letter", _CONFUSABLE[name]) if name in _CONFUSABLE else ("digit", name)
     elif source == "icons":

@@ -65,19 +65,22 @@ SYMBOLS = ("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~¡¢£¤¥¦§¨©«¬®¯°±²³
 
 def _named(first: int, last: int, categories: tuple[str, ...]) -> str:
     """The named characters U+first..U+last whose Unicode category starts with one of ``categories`` and that
-    are their own NFKC form (a compatibility copy such as K KELVIN SIGN or ① draws another class)."""
+    are their own NFKC form (a compatibility form such as ℃, ∬ or ™ draws other classes' characters)."""
     return "".join(c for c in map(chr, range(first, last + 1)) if unicodedata.name(c, "")
                    and unicodedata.category(c).startswith(categories) and unicodedata.normalize("NFKC", c) == c)
 
 
-SCRIPT_LOOKALIKES = "ՕՍԼՈօոռսհզքցხ"  # drawn like Latin O U L, ∩, o n n u h q p g (Armenian), b (Georgian)
+SCRIPT_LOOKALIKES = "ՕՍԼՈօոռսհզքցხוזין"  # drawn like Latin O U L, ∩, o n n u h q p g (Armenian), b (Georgian),
+# l | ' (Hebrew vav, zayin, yod, final nun)
 SCRIPT_LETTERS = "".join(c for first, last in ((0x5D0, 0x5EA), (0x531, 0x587), (0x10A0, 0x10FF))  # Hebrew, Armenian,
                          for c in _named(first, last, ("Lu", "Ll", "Lo")) if c not in SCRIPT_LOOKALIKES)  # Georgian
 SIGN_BLOCKS = ((0x20A0, 0x20C0), (0x2100, 0x214F), (0x2190, 0x23FF), (0x25A0, 0x27FF), (0x2900, 0x2BFF))  # currency,
 # letterlike, arrows, maths operators, technical, geometric shapes, miscellaneous symbols, dingbats, more maths and
 # arrows; not General Punctuation (dashes, quotes, slashes drawn like SYMBOLS), box drawing (line pieces) or Braille
-SIGN_LOOKALIKES = "₣₤₫℈↟↡↨↮⇏⇨∆∊∍∕∖∗∡≂≃≊⊘⋆⌐⌠▫◦⩾"  # mean drawing within 5 (|pixel difference|, 32 px) of a SYMBOLS or
-# LETTERS class's (₤ £, ∆ Δ, ∗ •, ∕ /, ◦ «, ...): copies of a class, not classes
+SIGN_LOOKALIKES = "₣₤₫℈↟↡↨↮⇏⇨∆∊∍∕∖∗∡∲∳≂≃≊⊊⊋⊍⊘⊤⋆⌐⌠▫◦♬⩽⩾"  # copies of a SYMBOLS or LETTERS class, not classes: mean
+# drawing within 5 (|pixel difference|, 32 px) of its (₤ £, ∆ Δ, ∗ •, ∕ /, ◦ «, ...), or within 5.5 and alike by
+# eye (⊤ T, ♬ ♫; ⩽ ≤ as its mirror ⩾ ≥), or most fonts' drawings within 2 of its drawing in the same font (∲ ∳ ∮,
+# ⊊ ⊋ ⊆ ⊇, ⊍ ∪)
 SIGNS = "".join(c for first, last in SIGN_BLOCKS for c in _named(first, last, ("S",))
                 if c not in SYMBOLS and c not in SIGN_LOOKALIKES)
 _RENDER_ERRORS = _DECODE_ERRORS + (RecursionError, ArithmeticError, LookupError, TypeError, AttributeError)  # what
@@ -212,7 +215,10 @@ def glyph_candidates(font_paths: Sequence[Path], chars: str) -> dict[str, list[t
             font = ImageFont.truetype(str(path), 44)
         except OSError:
             continue
-        notdef = np.asarray(_glyph(font, "\u0378"))
+        try:
+            notdef = np.asarray(_glyph(font, "\u0378"))
+        except RuntimeError:   # raqm cannot lay text out in this font at all
+            continue
 
         def render(char: str, font=font, notdef=notdef) -> Image.Image | None:
             try:
@@ -247,7 +253,7 @@ def font_files() -> list[Path]:
     return paths
 
 
-def _char_name(char: str) -> str:
+def char_name(char: str) -> str:
     """A class name for a character, readable in a file listing: ``U+0041 LATIN CAPITAL LETTER A``."""
     return f"U+{ord(char):04X} {unicodedata.name(char, '').lower()}".rstrip()
 
@@ -255,7 +261,7 @@ def _char_name(char: str) -> str:
 def _glyph_bank(source: str, chars: str, image_size: int, max_per_class: int | None) -> ClassBank:
     candidates = glyph_candidates(font_files(), chars)
     bank = dedup_bank(source, candidates, image_size, min(max_per_class or PER_CLASS, PER_CLASS))
-    return ClassBank(bank.images, bank.labels, tuple(f"{source}/{_char_name(n.split('/', 1)[1])}"
+    return ClassBank(bank.images, bank.labels, tuple(f"{source}/{char_name(n.split('/', 1)[1])}"
                                                      for n in bank.class_names))
 
 
