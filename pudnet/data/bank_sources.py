@@ -72,8 +72,9 @@ def _named(first: int, last: int, categories: tuple[str, ...]) -> str:
 
 SCRIPT_LOOKALIKES = "ՕՍԼՈօոռսհզքցხוזין"  # drawn like Latin O U L, ∩, o n n u h q p g (Armenian), b (Georgian),
 # l | ' (Hebrew vav, zayin, yod, final nun)
-SCRIPT_LETTERS = "".join(c for first, last in ((0x5D0, 0x5EA), (0x531, 0x587), (0x10A0, 0x10FF))  # Hebrew, Armenian,
-                         for c in _named(first, last, ("Lu", "Ll", "Lo")) if c not in SCRIPT_LOOKALIKES)  # Georgian
+SCRIPT_BLOCKS = ((0x5D0, 0x5EA), (0x531, 0x587), (0x10A0, 0x10FF))  # Hebrew, Armenian, Georgian letters
+SCRIPT_LETTERS = "".join(c for first, last in SCRIPT_BLOCKS for c in _named(first, last, ("Lu", "Ll", "Lo"))
+                         if c not in SCRIPT_LOOKALIKES)
 SIGN_BLOCKS = ((0x20A0, 0x20C0), (0x2100, 0x214F), (0x2190, 0x23FF), (0x25A0, 0x27FF), (0x2900, 0x2BFF))  # currency,
 # letterlike, arrows, maths operators, technical, geometric shapes, miscellaneous symbols, dingbats, more maths and
 # arrows; not General Punctuation (dashes, quotes, slashes drawn like SYMBOLS), box drawing (line pieces) or Braille

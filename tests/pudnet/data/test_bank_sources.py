@@ -130,8 +130,7 @@ def test_scripts_and_signs_are_new_classes_not_copies():
         assert len(set(chars)) == len(chars) > 100
         assert not set(chars) & (letters | symbols)
         assert all(unicodedata.category(c) in kinds and unicodedata.normalize("NFKC", c) == c for c in chars)
-    scripts = "".join(bank_sources._named(a, b, ("Lu", "Ll", "Lo")) for a, b in ((0x5D0, 0x5EA), (0x531, 0x587),
-                                                                                (0x10A0, 0x10FF)))
+    scripts = "".join(bank_sources._named(a, b, ("Lu", "Ll", "Lo")) for a, b in bank_sources.SCRIPT_BLOCKS)
     signs = "".join(bank_sources._named(a, b, ("S",)) for a, b in bank_sources.SIGN_BLOCKS)
     assert set(bank_sources.SCRIPT_LOOKALIKES) <= set(scripts)    # each look-alike would otherwise be a class
     assert set(bank_sources.SIGN_LOOKALIKES) <= set(signs) - symbols
@@ -141,16 +140,15 @@ def test_scripts_and_signs_are_new_classes_not_copies():
     assert "\u222c" not in signs and "\u2103" not in signs       # compatibility forms: ∬ is ∫∫, ℃ is °C
 
 
-@pytest.mark.parametrize("load, chars", [(bank_sources.load_scripts, "\u05d0\u05d1\u0561"),
-                                         (bank_sources.load_signs, "\u221b\u21d1")])
-def test_scripts_and_signs_load_one_class_per_character(monkeypatch, load, chars):
+@pytest.mark.parametrize("source, chars_of, chars", [("scripts", "SCRIPT_LETTERS", "\u05d0\u05d1\u0561"),
+                                                     ("signs", "SIGNS", "\u221b\u21d1")])
+def test_scripts_and_signs_load_one_class_per_character(monkeypatch, source, chars_of, chars):
     font = _a_font()
     monkeypatch.setattr(bank_sources, "font_files", lambda: [font])
-    monkeypatch.setattr(bank_sources, "SCRIPT_LETTERS" if load is bank_sources.load_scripts else "SIGNS", chars)
+    monkeypatch.setattr(bank_sources, chars_of, chars)
     dedup = bank_sources.dedup_bank
     monkeypatch.setattr(bank_sources, "dedup_bank", lambda *a, **k: dedup(*a, **k, min_per_class=1))  # one font
-    got = load(8, 2)
-    source = "scripts" if load is bank_sources.load_scripts else "signs"
+    got = getattr(bank_sources, f"load_{source}")(8, 2)
     assert got.class_names == tuple(f"{source}/U+{ord(c):04X} {unicodedata.name(c).lower()}" for c in sorted(chars))
     assert got.images.shape == (len(chars), 8, 8, 3) and np.array_equal(got.labels, np.arange(len(chars)))
 
