@@ -5,6 +5,7 @@ seed 0, on three nested class sets, then evaluate every model on the same held-o
     python bench/bank_scale.py --steps 20 --tasks 5 --out /tmp/t.md    # a quick look that the pipeline runs
     python bench/bank_scale.py --seed 1 --mid 0 --no-adam --out ...     # another seed, the two end points only
     python bench/bank_scale.py --mid 0 --no-adam --set within_source=0.5 --out ...   # a recipe variant, every run
+    python bench/bank_scale.py --no-adam --runs six icons glyphs --out ...   # which bank sources carry transfer
 
 One class split serves all three runs: the training job's own (``jobs/train.py training_data``: split groups,
 ``pudnet.data.bank.split_classes_by_group``) over its default sources, the 6 base sources plus the class bank
@@ -41,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # a checkout that
 from jobs import evaluate  # noqa: E402
 from jobs.connect import ray_cluster  # noqa: E402
 from jobs.train import fit, load_config, training_data  # noqa: E402
-from pudnet.data.sources import BASE_SOURCES, DEFAULT_SOURCES  # noqa: E402
+from pudnet.data.sources import BANK_SOURCES, BASE_SOURCES, DEFAULT_SOURCES  # noqa: E402
 from pudnet.evaluation.episodes import METHOD_LABELS, Evaluator  # noqa: E402
 from pudnet.data.shards import Catalog  # noqa: E402
 from pudnet.data.tasks import class_source  # noqa: E402
@@ -63,9 +64,19 @@ def tiers(classes: list[str], mid: int, seed: int) -> dict[str, list[str]]:
 
 
 def runs_to_fit(classes: list[str], args: argparse.Namespace) -> dict[str, list[str]]:
-    """The runs this command meta-trains: :func:`tiers`, or with ``--full-only`` the full bank alone."""
+    """The runs this command meta-trains: :func:`tiers`, with ``--full-only`` the full bank alone, or with
+    ``--runs`` the named ones (:data:`RUN_KEYS`)."""
     runs = tiers(classes, args.mid, args.seed)
+    if args.runs:
+        six = runs["6 default sources"]
+        named = {"six": ("6 default sources", six), "full": ("full bank", runs["full bank"]),
+                 **{s: (f"6 default sources + {s}", six + [c for c in classes if class_source(c) == s])
+                    for s in BANK_SOURCES}}
+        return dict(named[key] for key in args.runs)
     return {"full bank": runs["full bank"]} if args.full_only else runs
+
+
+RUN_KEYS = ("six", "full", *BANK_SOURCES)   # --runs: the six default sources, the full bank, or six plus one source
 
 
 def evaluate_run(path: str, args: argparse.Namespace, first: bool) -> dict:
@@ -166,6 +177,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--set", nargs="*", default=[], help="TrainConfig key=value for every run (the same recipe)")
     parser.add_argument("--full-only", action="store_true", help="meta-train the full bank only (a recipe variant "
                         "against an earlier table's end points)")
+    parser.add_argument("--runs", nargs="*", default=[], choices=RUN_KEYS, metavar="RUN", help="meta-train these "
+                        f"runs instead: six, full, or a bank source (the six default sources plus it): {', '.join(RUN_KEYS)}")
     args = parser.parse_args(argv)
     command = " ".join(["python bench/bank_scale.py", *(sys.argv[1:] if argv is None else argv)])
     numbers = args.out.with_suffix(".json")

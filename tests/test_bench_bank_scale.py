@@ -25,14 +25,26 @@ def test_the_three_class_sets_are_nested_and_seeded():
 
 def test_full_only_fits_the_full_bank_alone_and_set_reaches_every_run_config(tmp_path):
     classes = [f"mnist/{d}" for d in range(10)] + [f"icons/i{i}" for i in range(50)]
-    args = argparse.Namespace(mid=30, seed=0, full_only=True)
+    args = argparse.Namespace(mid=30, seed=0, full_only=True, runs=[])
     assert bank_scale.runs_to_fit(classes, args) == {"full bank": classes}
-    assert len(bank_scale.runs_to_fit(classes, argparse.Namespace(mid=30, seed=0, full_only=False))) == 3
+    assert len(bank_scale.runs_to_fit(classes, argparse.Namespace(mid=30, seed=0, full_only=False, runs=[]))) == 3
     out = ["--out", str(tmp_path / "r.md"), "--plot", str(tmp_path / "r.png")]
     with pytest.raises(ValueError, match="within_source=2.0"):      # checked by TrainConfig before any training
         bank_scale.main(["--set", "within_source=2", *out])
     with pytest.raises(ValueError, match="unknown key 'no_such_field'"):
         bank_scale.main(["--set", "no_such_field=1", *out])
+
+
+def test_runs_names_the_six_sources_the_full_bank_or_six_plus_one_bank_source(tmp_path):
+    classes = ([f"mnist/{d}" for d in range(10)] + [f"icons/i{i}" for i in range(20)] + [f"glyphs/g{i}" for i in range(30)]
+               + [f"signs/s{i}" for i in range(5)])
+    args = argparse.Namespace(mid=0, seed=0, full_only=False, runs=["glyphs", "six", "full"])
+    runs = bank_scale.runs_to_fit(classes, args)
+    assert list(runs) == ["6 default sources + glyphs", "6 default sources", "full bank"]
+    assert runs["6 default sources + glyphs"] == classes[:10] + classes[30:60]
+    assert runs["6 default sources"] == classes[:10] and runs["full bank"] == classes
+    with pytest.raises(SystemExit):       # a typo stops the command before the bank loads
+        bank_scale.main(["--runs", "glyph", "--out", str(tmp_path / "r.md")])
 
 
 def _result(methods):
