@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from pudnet import PudNet, PudNetConfig
-from pudnet.data.augment import augment
+from pudnet.data.augment import Augmentation
 from jobs.train import load_config, training_data
 from pudnet.data.shards import read_class_bank
 from pudnet.data.sources import BASE_SOURCES
@@ -50,7 +50,8 @@ def meta_train(cfg: PudNetConfig, sampler: SubDatasetSampler, steps: int, varied
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1e-3, total_steps=steps, pct_start=0.05)
     for step in range(steps):
         k, s = (5, 10) if varied is None else task_shape(seed, step, *varied, MAX_SUPPORT)
-        task = augment(sampler.sample(step, k, s, 10), np.random.default_rng([seed, step]), p_class=0.5, max_shift=2)
+        task = Augmentation(p_class=0.5, max_shift=2).apply(
+            sampler.sample(step, k, s, 10), np.random.default_rng([seed, step]))
         train_step(model, optimizer, [Episode.from_subdataset(task, model)])
         schedule.step()
     return model.eval()

@@ -144,17 +144,17 @@ def tasks_protocol(cfg: EvalConfig, record: RunRecord, catalog: Catalog, evaluat
     tables before the bank report."""
     source = {c: m.source for m in catalog.manifests for c in m.classes}
     base = tuple(c for c in record.split.intra_test if source.get(c) in BASE_SOURCES)
-    settings = [("intra", record.split.intra_test, False), ("inter", record.split.inter_test, True)]
+    settings = [("intra", record.split.intra_test, False), ("inter", record.split.inter_test, True)]  # by source
     if 0 < len(base) < len([c for c in record.split.intra_test if c in source]):
         settings.insert(1, ("intra: base sources", base, False))
     out = {}
-    for setting, names, within_source in settings:
+    for setting, names, by_source in settings:
         present = [c for c in names if c in source]
         if len(present) < cfg.ways:
             print(f"{setting}: {len(present)} of its classes available, fewer than K={cfg.ways}: skipped")
             continue
         train, test = (read_class_bank(record.roots, present, part, cfg.max_per_class) for part in ("train", "test"))
-        sampler = SubDatasetSampler(train, present, cfg.seed, within_source=within_source, test_bank=test)
+        sampler = SubDatasetSampler(train, present, cfg.seed, by_source=by_source, test_bank=test)
         tasks = (sampler.sample(i, cfg.ways, cfg.shots, cfg.queries, cfg.test) for i in range(cfg.tasks))
         out[setting] = evaluate_tasks(evaluator, tasks, cfg.methods,
                                       progress=lambda it: tqdm(it, total=cfg.tasks, desc=setting, file=sys.stdout))

@@ -8,6 +8,7 @@ import numpy as np
 import ray
 
 from jobs.train_state import resumed_step
+from pudnet.data.augment import Augmentation
 from pudnet.data.stream import SubDatasetBuilder
 
 if TYPE_CHECKING:   # jobs/train.py imports this module
@@ -31,8 +32,7 @@ def make_stream(cfg: TrainConfig, roots: list[str], classes: list[str], run_dir:
         num_cpus=cfg.stream_cpus,
         fn_constructor_kwargs=dict(roots=roots, classes=classes, ways=cfg.ways, shots=cfg.shots,
                                    queries=cfg.queries, seed=cfg.seed, window_rows=cfg.window_rows,
-                                   cache_mb=cfg.stream_cache_mb, augment_p_class=cfg.augment_p_class,
-                                   augment_shift=cfg.augment_shift, augment_p_grey=cfg.augment_p_grey,
+                                   cache_mb=cfg.stream_cache_mb, augmentation=Augmentation.from_config(cfg),
                                    ways_max=cfg.ways_max,
                                    shots_max=cfg.shots_max, max_support=cfg.max_support,
                                    within_source=cfg.within_source))

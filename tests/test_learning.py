@@ -23,8 +23,8 @@ def test_meta_training_beats_random_init_by_20_points_on_unseen_sub_datasets(pyp
         train_step(model, optimizer, [Episode.from_subdataset(sampler.sample(step, 5, 10, 10), model)])
     evaluator = Evaluator(model)
     methods = ("random_init", "random_prototype", "pudnet")
-    for classes, within_source in ((split.intra_test, False), (split.inter_test, True)):
-        unseen = SubDatasetSampler(pypi_bank, classes, seed=1, within_source=within_source)
+    for classes, by_source in ((split.intra_test, False), (split.inter_test, True)):
+        unseen = SubDatasetSampler(pypi_bank, classes, seed=1, by_source=by_source)
         report = evaluate_tasks(evaluator, [unseen.sample(i, 5, 10, 10, 10) for i in range(30)], methods)["methods"]
         assert report["pudnet"]["accuracy"] >= report["random_init"]["accuracy"] + 0.20, report
         assert report["pudnet"]["accuracy"] > report["random_prototype"]["accuracy"], report   # learned, not free

@@ -36,27 +36,36 @@ def _grey(images: np.ndarray) -> np.ndarray:
     return np.repeat(luma[..., None], 3, axis=-1)
 
 
-def augment(sub: SubDataset, rng: np.random.Generator, p_class: float = 0.5, max_shift: int = 2,
-            p_grey: float = 0.0) -> SubDataset:
-    """A copy of ``sub`` with per-class transforms (probability ``p_class``), the whole task turned grey
-    (probability ``p_grey``; no draw at 0, so older streams stay the same) and per-image shifts.
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """The training stream's per-task augmentation (``TrainConfig.augment_*``); all zero, the default, is off."""
+    p_class: float = 0.0      # share of a task's classes rotated and/or inverted into new classes
+    max_shift: int = 0        # per-image random shift, pixels
+    p_grey: float = 0.0       # share of tasks turned grey whole (no draw at 0, so older streams stay the same)
 
-    Labels and class order are unchanged: only pixels move, so support and query of a class
-    still match. Test images are transformed like their class too.
-    """
-    parts = {name: getattr(sub, name).copy() for name in ("support_x", "query_x", "test_x")}
-    names = list(sub.class_names)
-    for c in range(sub.num_classes):
-        if rng.random() >= p_class:
-            continue
-        turns, invert = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
-        if turns == 0 and not invert:
-            invert = True
-        names[c] = f"{names[c]}@rot{90 * turns}{'-inv' if invert else ''}"
-        for part, labels in (("support_x", sub.support_y), ("query_x", sub.query_y), ("test_x", sub.test_y)):
-            images = np.rot90(parts[part][labels == c], turns, axes=(1, 2))
-            parts[part][labels == c] = 255 - images if invert else images
-    grey = p_grey > 0 and rng.random() < p_grey
-    for part in parts:
-        parts[part] = _shift(_grey(parts[part]) if grey else parts[part], rng, max_shift)
-    return dataclasses.replace(sub, class_names=tuple(names), **parts)
+    @classmethod
+    def from_config(cls, cfg) -> "Augmentation":
+        return cls(cfg.augment_p_class, cfg.augment_shift, cfg.augment_p_grey)
+
+    def __bool__(self) -> bool:
+        return bool(self.p_class or self.max_shift or self.p_grey)
+
+    def apply(self, sub: SubDataset, rng: np.random.Generator) -> SubDataset:
+        """A copy of ``sub``, transformed. Labels and class order are unchanged: only pixels move, so support
+        and query of a class still match. Test images are transformed like their class too."""
+        parts = {name: getattr(sub, name).copy() for name in ("support_x", "query_x", "test_x")}
+        names = list(sub.class_names)
+        for c in range(sub.num_classes):
+            if rng.random() >= self.p_class:
+                continue
+            turns, invert = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
+            if turns == 0 and not invert:
+                invert = True
+            names[c] = f"{names[c]}@rot{90 * turns}{'-inv' if invert else ''}"
+            for part, labels in (("support_x", sub.support_y), ("query_x", sub.query_y), ("test_x", sub.test_y)):
+                images = np.rot90(parts[part][labels == c], turns, axes=(1, 2))
+                parts[part][labels == c] = 255 - images if invert else images
+        grey = self.p_grey > 0 and rng.random() < self.p_grey
+        for part in parts:
+            parts[part] = _shift(_grey(parts[part]) if grey else parts[part], rng, self.max_shift)
+        return dataclasses.replace(sub, class_names=tuple(names), **parts)

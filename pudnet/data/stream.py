@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .augment import augment
+from .augment import Augmentation
 from .bank import split_classes_by_group
 from .tasks import ClassSplit, SubDataset, class_source, pick_classes, task_shape
 from .shards import BlockReader, Catalog
@@ -50,19 +50,18 @@ def plan_task(index: int, block_rows: Sequence[Sequence[int]], ways: int, shots:
 
 
 def step_tasks(ids: Sequence[int], sample: Callable[[int, int, int], SubDataset], seed: int, ways: tuple[int, int],
-               shots: tuple[int, int], max_support: int, augment_p_class: float = 0.0,
-               augment_shift: int = 0, augment_p_grey: float = 0.0) -> list[SubDataset]:
+               shots: tuple[int, int], max_support: int,
+               augmentation: Augmentation = Augmentation()) -> list[SubDataset]:
     """The tasks ``ids`` of one training step, as the stream and in-process runs (``pudnet.model.recipe``) both
     build them. ``sample(index, K, S)`` reads a task's images. When ``ways`` or ``shots`` (min, max) vary, (K, S)
     is ``task_shape`` of the first id, shared by the whole step so its tasks stack; each task is then augmented
-    (``pudnet.data.augment``) with a generator seeded by (seed, its id)."""
+    (``augmentation``) with a generator seeded by (seed, its id)."""
     k, s = ways[0], shots[0]
     if ways[1] > ways[0] or shots[1] > shots[0]:
         k, s = task_shape(seed, int(ids[0]), ways, shots, max_support)
     tasks = [sample(int(i), k, s) for i in ids]
-    if augment_p_class or augment_shift or augment_p_grey:
-        tasks = [augment(t, np.random.default_rng([seed, int(i), 1]), augment_p_class, augment_shift, augment_p_grey)
-                 for i, t in zip(ids, tasks)]
+    if augmentation:
+        tasks = [augmentation.apply(t, np.random.default_rng([seed, int(i), 1])) for i, t in zip(ids, tasks)]
     return tasks
 
 
@@ -87,9 +86,8 @@ class SubDatasetBuilder:
     """
 
     def __init__(self, roots: Sequence[str], classes: Sequence[str], ways: int, shots: int, queries: int, seed: int,
-                 window_rows: int = 0, cache_mb: int = 512, augment_p_class: float = 0.0, augment_shift: int = 0,
-                 ways_max: int = 0, shots_max: int = 0, max_support: int = 1000, within_source: float = 0.0,
-                 augment_p_grey: float = 0.0):
+                 window_rows: int = 0, cache_mb: int = 512, augmentation: Augmentation = Augmentation(),
+                 ways_max: int = 0, shots_max: int = 0, max_support: int = 1000, within_source: float = 0.0):
         catalog = Catalog(roots)
         catalog.check(classes)
         most_ways, most_shots = max(ways, ways_max), max(shots, shots_max)
@@ -106,7 +104,7 @@ class SubDatasetBuilder:
         self.ways_range, self.shots_range, self.max_support = (ways, most_ways), (shots, most_shots), max_support
         self.classes, self.seed, self.window_rows = tuple(classes), seed, window_rows
         self.queries = queries
-        self.augment_p_class, self.augment_shift, self.augment_p_grey = augment_p_class, augment_shift, augment_p_grey
+        self.augmentation = augmentation
         self.blocks = [catalog.blocks(name, "train") for name in self.classes]
         self.block_rows = [[b.rows for b in blocks] for blocks in self.blocks]
         self.reader = BlockReader(catalog.image_size, cache_mb << 20)
@@ -128,7 +126,7 @@ class SubDatasetBuilder:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids = np.ravel(batch["id"])
         subs = step_tasks(ids, self.read, self.seed, self.ways_range, self.shots_range, self.max_support,
-                          self.augment_p_class, self.augment_shift, self.augment_p_grey)
+                          self.augmentation)
         out = {key: np.stack([getattr(sub, key) for sub in subs]) for key in STREAM_KEYS[2:]}
         return {"task": ids, "class_names": np.array([json.dumps(sub.class_names) for sub in subs], dtype=object), **out}
 

@@ -201,7 +201,7 @@ class SubDatasetSampler:
     """
 
     def __init__(self, bank: ClassBank, classes: Sequence[str], seed: int, test_fraction: float = 0.2,
-                 within_source: bool = False, test_bank: ClassBank | None = None):
+                 by_source: bool = False, test_bank: ClassBank | None = None):
         index = {name: i for i, name in enumerate(bank.class_names)}
         unknown = [c for c in classes if c not in index]
         if unknown:
@@ -209,7 +209,7 @@ class SubDatasetSampler:
         if not classes:
             raise ValueError("no classes to sample from")
         self.bank, self.seed, self.classes = bank, seed, tuple(classes)
-        self.within_source = within_source
+        self.by_source = by_source
         self.test_images = bank.images if test_bank is None else test_bank.images
         by_class = dict(zip(bank.class_names, bank.indices_by_class()))
         test_by_class = {} if test_bank is None else dict(zip(test_bank.class_names, test_bank.indices_by_class()))
@@ -225,7 +225,7 @@ class SubDatasetSampler:
             self.test_pool[name], self.train_pool[name] = rows[:n_test], rows[n_test:]
         self.groups = {}
         for name in self.classes:
-            self.groups.setdefault(class_source(name) if within_source else "", []).append(name)
+            self.groups.setdefault(class_source(name) if by_source else "", []).append(name)
 
     def eligible(self, s: int, q: int, t: int) -> dict[str, list[str]]:
         """Per group, the classes with at least S + Q train-pool and T test-pool images."""
@@ -233,22 +233,22 @@ class SubDatasetSampler:
                 for g, names in self.groups.items()}
 
     def sample(self, index: int, k: int, s: int, q: int, t: int = 0,
-               within_share: float = 0.0) -> SubDataset:
+               within_source: float = 0.0) -> SubDataset:
         """Task ``index``: K classes in random order, S + Q train-pool and T test-pool images each.
 
-        Only classes with enough images take part; a group (source, with ``within_source``)
-        takes part if it has K such classes. ``within_share``: the share of tasks whose K classes come
-        from one source (:func:`pick_classes`, as the training stream draws them).
+        Only classes with enough images take part. With ``by_source`` every task is drawn within one
+        source (tasks cycle over the sources with K such classes); otherwise a share ``within_source`` of
+        tasks is (:func:`pick_classes`, as the training stream draws them).
         """
         rng = np.random.default_rng([self.seed, index])
         eligible = self.eligible(s, q, t)
         groups = [g for g in sorted(eligible) if len(eligible[g]) >= k]
         if not groups:
-            raise ValueError(f"no {'source has' if self.within_source else 'pool has'} {k} classes with "
+            raise ValueError(f"no {'source has' if self.by_source else 'pool has'} {k} classes with "
                              f"{s + q} train and {t} test images (eligible: { {g: len(c) for g, c in eligible.items()} })")
         pool = eligible[groups[index % len(groups)]]
         sources = [class_source(name) for name in pool]
-        chosen = [pool[i] for i in pick_classes(rng, self.seed, index, sources, k, within_share)]
+        chosen = [pool[i] for i in pick_classes(rng, self.seed, index, sources, k, within_source)]
         parts = {"support": [], "query": [], "test": []}
         for name in chosen:
             rows = rng.choice(self.train_pool[name], s + q, replace=False)

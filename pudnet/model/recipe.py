@@ -11,6 +11,7 @@ import time
 
 import torch
 
+from pudnet.data.augment import Augmentation
 from pudnet.data.stream import step_tasks
 from pudnet.data.tasks import SubDataset, SubDatasetSampler
 from .meta import Episode, train_step
@@ -48,10 +49,10 @@ def local_tasks(cfg, sampler: SubDatasetSampler, step: int) -> list[SubDataset]:
     ids = range(step * cfg.tasks_per_step, (step + 1) * cfg.tasks_per_step)
 
     def sample(index: int, k: int, s: int) -> SubDataset:
-        return sampler.sample(index, k, s, cfg.queries, within_share=cfg.within_source)
+        return sampler.sample(index, k, s, cfg.queries, within_source=cfg.within_source)
     return step_tasks(ids, sample, cfg.seed,
                       (cfg.ways, max(cfg.ways, cfg.ways_max)), (cfg.shots, max(cfg.shots, cfg.shots_max)),
-                      cfg.max_support, cfg.augment_p_class, cfg.augment_shift, cfg.augment_p_grey)
+                      cfg.max_support, Augmentation.from_config(cfg))
 
 
 def meta_train_local(cfg, sampler: SubDatasetSampler, log_every: int = 0) -> PudNet:

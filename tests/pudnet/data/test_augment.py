@@ -1,6 +1,6 @@
 import numpy as np
 
-from pudnet.data.augment import augment
+from pudnet.data.augment import Augmentation
 from pudnet.data.tasks import SubDataset
 
 
@@ -13,7 +13,7 @@ def task():
 
 def test_class_transform_is_shared_by_support_query_and_test_of_the_class():
     sub = task()
-    out = augment(sub, np.random.default_rng(1), p_class=1.0, max_shift=0)
+    out = Augmentation(p_class=1.0, max_shift=0).apply(sub, np.random.default_rng(1))
     assert np.array_equal(out.support_y, sub.support_y) and out.num_classes == 3
     for c in range(3):
         rows = sub.support_y == c
@@ -30,17 +30,17 @@ def test_class_transform_is_shared_by_support_query_and_test_of_the_class():
 
 def test_shift_moves_pixels_but_keeps_shape_and_is_seeded():
     sub = task()
-    a = augment(sub, np.random.default_rng(5), p_class=0.0, max_shift=2)
-    b = augment(sub, np.random.default_rng(5), p_class=0.0, max_shift=2)
+    a = Augmentation(p_class=0.0, max_shift=2).apply(sub, np.random.default_rng(5))
+    b = Augmentation(p_class=0.0, max_shift=2).apply(sub, np.random.default_rng(5))
     assert a.class_names == sub.class_names and a.support_x.shape == sub.support_x.shape
     assert np.array_equal(a.support_x, b.support_x) and not np.array_equal(a.support_x, sub.support_x)
-    still = augment(sub, np.random.default_rng(5), p_class=0.0, max_shift=0)
+    still = Augmentation(p_class=0.0, max_shift=0).apply(sub, np.random.default_rng(5))
     assert np.array_equal(still.support_x, sub.support_x)
 
 
 def test_grey_task_turns_every_image_grey_with_its_luminance_and_keeps_labels():
     sub = task()
-    out = augment(sub, np.random.default_rng(0), p_class=0.0, max_shift=0, p_grey=1.0)
+    out = Augmentation(p_class=0.0, max_shift=0, p_grey=1.0).apply(sub, np.random.default_rng(0))
     assert out.class_names == sub.class_names and np.array_equal(out.support_y, sub.support_y)
     for part in ("support_x", "query_x", "test_x"):
         images = getattr(out, part)
@@ -52,9 +52,17 @@ def test_grey_task_turns_every_image_grey_with_its_luminance_and_keeps_labels():
 
 def test_grey_share_zero_leaves_the_seeded_stream_as_before():
     sub = task()
-    a = augment(sub, np.random.default_rng(3), p_class=0.5, max_shift=2)
-    b = augment(sub, np.random.default_rng(3), p_class=0.5, max_shift=2, p_grey=0.0)
+    a = Augmentation(p_class=0.5, max_shift=2).apply(sub, np.random.default_rng(3))
+    b = Augmentation(p_class=0.5, max_shift=2, p_grey=0.0).apply(sub, np.random.default_rng(3))
     assert a.class_names == b.class_names and np.array_equal(a.support_x, b.support_x)
-    greys = [augment(sub, np.random.default_rng(seed), p_class=0.0, max_shift=0, p_grey=0.5) for seed in range(40)]
+    half_grey = Augmentation(p_class=0.0, max_shift=0, p_grey=0.5)
+    greys = [half_grey.apply(sub, np.random.default_rng(seed)) for seed in range(40)]
     share = np.mean([np.array_equal(g.support_x[..., 0], g.support_x[..., 1]) for g in greys])
     assert 0.2 < share < 0.8                                                    # about half the tasks are grey
+
+
+def test_augmentation_reads_the_training_config_and_all_zero_is_off():
+    import types
+    cfg = types.SimpleNamespace(augment_p_class=0.5, augment_shift=2, augment_p_grey=0.25)
+    assert Augmentation.from_config(cfg) == Augmentation(p_class=0.5, max_shift=2, p_grey=0.25)
+    assert Augmentation(max_shift=1) and not Augmentation()

@@ -7,6 +7,7 @@ import torch
 from pudnet import PudNet, PudNetConfig
 from pudnet.data.tasks import ClassBank, SubDatasetSampler
 from pudnet.model.meta import Episode, train_step
+from pudnet.data.augment import Augmentation
 from pudnet.data.shards import Catalog, pick_test_images, read_class_bank, write_bank
 from pudnet.data.stream import SubDatasetBuilder, plan_task, subdatasets, trainable_classes
 
@@ -148,7 +149,8 @@ def test_held_out_tasks_take_test_images_from_the_shards_test_split_only(shards)
 
 
 def test_augmented_tasks_rename_transformed_classes_and_stay_reproducible(shards):
-    builder = SubDatasetBuilder(shards, ["a/0", "a/1", "a/2"], ways=3, shots=2, queries=2, seed=0, augment_p_class=1.0)
+    builder = SubDatasetBuilder(shards, ["a/0", "a/1", "a/2"], ways=3, shots=2, queries=2, seed=0,
+                                augmentation=Augmentation(p_class=1.0))
     subs = subdatasets(builder({"id": np.arange(4)}))
     for sub in subs:
         assert all("@rot" in name for name in sub.class_names)                  # every class transformed

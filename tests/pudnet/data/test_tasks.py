@@ -67,9 +67,9 @@ def test_tasks_are_deterministic_random_order_and_keep_test_images_apart():
         assert len(learn) == 20 and not learn & image_id(t.test_x, t.test_y)
 
 
-def test_within_source_tasks_use_one_source():
+def test_by_source_tasks_use_one_source():
     bank = tiny_bank()
-    sampler = SubDatasetSampler(bank, bank.class_names, seed=0, within_source=True)
+    sampler = SubDatasetSampler(bank, bank.class_names, seed=0, by_source=True)
     sources = [{n.split("/")[0] for n in sampler.sample(i, 3, 1, 1).class_names} for i in range(9)]
     assert all(len(s) == 1 for s in sources) and {next(iter(s)) for s in sources} == {"a", "b", "c"}
     with pytest.raises(ValueError, match="has 5 classes"):
@@ -77,17 +77,17 @@ def test_within_source_tasks_use_one_source():
 
 
 def test_a_share_of_in_process_tasks_draws_within_one_source_as_the_stream_does():
-    """``within_share`` (TrainConfig.within_source in pudnet.model.recipe) picks classes as the stream does."""
+    """``within_source`` (TrainConfig.within_source in pudnet.model.recipe) picks classes as the stream does."""
     bank = tiny_bank(sources=("a", "b", "c"), classes=4)
     sampler = SubDatasetSampler(bank, bank.class_names[:10], seed=0)          # c has 2 classes: never within, K=3
     for i in range(30):
         default = sampler.sample(i, 3, 1, 1)
-        assert np.array_equal(sampler.sample(i, 3, 1, 1, within_share=0.0).support_x, default.support_x)
-        one = sampler.sample(i, 3, 1, 1, within_share=1.0).class_names
+        assert np.array_equal(sampler.sample(i, 3, 1, 1, within_source=0.0).support_x, default.support_x)
+        one = sampler.sample(i, 3, 1, 1, within_source=1.0).class_names
         assert len({n.split("/")[0] for n in one}) == 1 and not one[0].startswith("c/")
-        assert sampler.sample(i, 3, 1, 1, within_share=1.0).class_names == one
+        assert sampler.sample(i, 3, 1, 1, within_source=1.0).class_names == one
     with pytest.raises(ValueError, match="within_source"):
-        sampler.sample(0, 3, 1, 1, within_share=1.5)
+        sampler.sample(0, 3, 1, 1, within_source=1.5)
 
 
 def test_only_classes_with_enough_images_take_part():
