@@ -199,10 +199,14 @@ def load_icons(image_size: int, max_per_class: int | None) -> ClassBank:
     return dedup_bank("icons", common, image_size, min(max_per_class or PER_CLASS, PER_CLASS))
 
 
-def _glyph(font: ImageFont.FreeTypeFont, char: str, px: int = 64) -> Image.Image:
-    """``char`` drawn black on white, its em box centred on a ``px`` canvas (the baseline stays put)."""
+def _glyph(font: ImageFont.FreeTypeFont, char: str, px: int = 64) -> Image.Image | None:
+    """``char`` drawn black on white, its em box centred on a ``px`` canvas (the baseline stays put); None
+    where raqm cannot lay it out in this font."""
     image = Image.new("L", (px, px), 255)
-    ImageDraw.Draw(image).text((px / 2, px / 2), char, font=font, fill=0, anchor="mm")
+    try:
+        ImageDraw.Draw(image).text((px / 2, px / 2), char, font=font, fill=0, anchor="mm")
+    except RuntimeError:
+        return None
     return image
 
 
@@ -216,15 +220,13 @@ def glyph_candidates(font_paths: Sequence[Path], chars: str) -> dict[str, list[t
             font = ImageFont.truetype(str(path), 44)
         except OSError:
             continue
-        try:
-            notdef = np.asarray(_glyph(font, "\u0378"))
-        except RuntimeError:   # raqm cannot lay text out in this font at all
+        notdef = _glyph(font, "\u0378")
+        if notdef is None:     # no text can be laid out in this font at all
             continue
 
-        def render(char: str, font=font, notdef=notdef) -> Image.Image | None:
-            try:
-                image = _glyph(font, char)
-            except RuntimeError:   # raqm cannot lay the character out in this font: no glyph
+        def render(char: str, font=font, notdef=np.asarray(notdef)) -> Image.Image | None:
+            image = _glyph(font, char)
+            if image is None:
                 return None
             pixels = np.asarray(image)
             return None if pixels.min() > 128 or np.array_equal(pixels, notdef) else image

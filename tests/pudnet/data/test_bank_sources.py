@@ -117,9 +117,9 @@ def test_a_glyph_drawn_as_the_fonts_box_is_missing():
 def test_a_glyph_the_font_cannot_lay_out_is_missing(monkeypatch):
     (_, render), = glyph_candidates([_a_font()], "A")["A"]
 
-    def fail(font, char, px=64):
+    def fail(*args, **kwargs):
         raise RuntimeError("raqm_layout() failed.")
-    monkeypatch.setattr(bank_sources, "_glyph", fail)
+    monkeypatch.setattr(bank_sources.ImageDraw.ImageDraw, "text", fail)
     assert render() is None
 
 
