@@ -250,6 +250,8 @@ class TargetRunner:
         prefixes = tuple(f"{name}." for name, _ in chosen)
         if train:
             params = {k: v for k, v in weights.items() if k.startswith(prefixes)}
+            # train-mode BatchNorm updates running statistics in place: throwaway buffers keep the module's own
+            # (shared by every thread's call) untouched
             params.update({name: torch.zeros(shape, dtype=dtype, device=x.device) for name, shape, dtype
                            in self.spec.buffers if name.startswith(prefixes)})
         else:
