@@ -143,21 +143,49 @@ def table(rows: list[dict], command: str, base: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def inter_accuracies(run: dict, method: str = "pudnet") -> dict[str, float]:
+    """{protocol: inter (Fashion-MNIST) test accuracy %} of one run."""
+    whole = run["whole"]["inter: fashion_mnist"]["shots"]
+    return {"5-way 10-shot tasks": 100 * run["tasks"]["inter"]["methods"][method]["accuracy"],
+            **{f"whole dataset, S={s}": 100 * whole[str(s)]["methods"][method]["accuracy"] for s in WHOLE_SHOTS}}
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    if any(" + " in r["name"] for r in rows):      # --runs with bank sources: not a curve over class counts
+        return plot_against_six(rows, next((r for r in rows if r["name"] == "6 default sources"), None), path, plt)
     x = [r["classes"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
-    for label, get in (("5-way 10-shot tasks", lambda r, m: r["tasks"]["inter"]["methods"][m]["accuracy"]),
-                       *((f"whole dataset, S={s}", lambda r, m, s=s: r["whole"]["inter: fashion_mnist"]["shots"][str(s)]
-                          ["methods"][m]["accuracy"]) for s in WHOLE_SHOTS)):
-        line, = ax.plot(x, [100 * get(r, "pudnet") for r in rows], "o-", label=f"PudNet, {label}")
-        ax.plot(x, [100 * get(r, "random_prototype") for r in rows], "x--", color=line.get_color(),
+    for label in inter_accuracies(rows[0]):
+        line, = ax.plot(x, [inter_accuracies(r)[label] for r in rows], "o-", label=f"PudNet, {label}")
+        ax.plot(x, [inter_accuracies(r, "random_prototype")[label] for r in rows], "x--", color=line.get_color(),
                 label=f"random net + class mean, {label}")
     ax.set_xscale("log")
     ax.set_xlabel("meta-train classes")
     ax.set_ylabel("inter (Fashion-MNIST) test accuracy %")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def plot_against_six(rows: list[dict], six: dict | None, path: Path, plt) -> None:
+    """``--runs``: each run's inter accuracy minus the six default sources' (or the raw accuracy without that
+    run), one bar per protocol: which bank source carries transfer."""
+    base = inter_accuracies(six) if six else None
+    others = [r for r in rows if r is not six]
+    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.6 * len(others)))
+    height = 0.8 / len(WHOLE_SHOTS + (0,))
+    for j, protocol in enumerate(inter_accuracies(others[0])):
+        values = [inter_accuracies(r)[protocol] - (base[protocol] if base else 0) for r in others]
+        ax.barh([i + j * height for i in range(len(others))], values, height, label=protocol)
+    ax.set_yticks([i + height for i in range(len(others))], [f"{r['name']} ({r['classes']})" for r in others],
+                  fontsize=7)
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("inter (Fashion-MNIST) accuracy, points" + (" over the six default sources" if base else " %"))
+    ax.set_title(f"seed {rows[0]['seed']}, {rows[0]['steps']} steps; (meta-train classes)", fontsize=8)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -66,3 +66,8 @@ def test_the_report_redraws_from_its_json(tmp_path):
     text = out.read_text()
     assert "### `cmd`" in text and "| 300 | run 300 | 1.0 min | 50.0 ± 1.0 |" in text
     assert (tmp_path / "r.png").stat().st_size > 0
+    named = [run(True, 50), run(False, 60), run(False, 70)]
+    named[0]["name"], named[1]["name"], named[2]["name"] = "6 default sources", "6 default sources + icons", "full bank"
+    out.with_suffix(".json").write_text(json.dumps({"command": "cmd", "runs": named}))
+    bank_scale.main(["--out", str(out), "--plot", str(tmp_path / "bars.png"), "--report-only"])   # --runs: bars
+    assert (tmp_path / "bars.png").stat().st_size > 0 and "| 60 | 6 default sources + icons |" in out.read_text()
