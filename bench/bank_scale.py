@@ -1,5 +1,6 @@
 """Does a bigger class bank transfer better (issue 10)? Meta-train the training job's own recipe, same steps,
-seed 0, on three nested class sets, then evaluate every model on the same held-out classes.
+seed 0, on three nested class sets (or with ``--runs`` the six default sources plus one bank source at a time),
+then evaluate every model on the same held-out classes.
 
     python bench/bank_scale.py                     # 600 steps per run, 3 runs + evaluation: 57 min on 2 cores at load 13-24
     python bench/bank_scale.py --steps 20 --tasks 5 --out /tmp/t.md    # a quick look that the pipeline runs
@@ -7,11 +8,11 @@ seed 0, on three nested class sets, then evaluate every model on the same held-o
     python bench/bank_scale.py --mid 0 --no-adam --set within_source=0.5 --out ...   # a recipe variant, every run
     python bench/bank_scale.py --no-adam --runs six icons glyphs --out ...   # which bank sources carry transfer
 
-One class split serves all three runs: the training job's own (``jobs/train.py training_data``: split groups,
+One class split serves every run: the training job's own (``jobs/train.py training_data``: split groups,
 ``pudnet.data.bank.split_classes_by_group``) over its default sources, the 6 base sources plus the class bank
-(icons, glyphs, symbols, emoji_sets), all required here; Fashion-MNIST left out whole. The runs meta-train on nested subsets of its meta-train
-classes: the default sources' only; those plus a seeded sample of bank classes (``--mid`` in all); all of them.
-So every model is scored on identical held-out sets:
+(``pudnet.data.sources.BANK_SOURCES``), all required here; Fashion-MNIST left out whole. The runs meta-train on
+subsets of its meta-train classes: the default sources' only; those plus a seeded sample of bank classes (``--mid``
+in all); all of them. So every model is scored on identical held-out sets:
 
 - intra (default sources): the held-out classes of the 6 default sources, the setting today's tables report;
 - intra (all): every held-out class, bank classes included;
@@ -21,8 +22,9 @@ Protocols: 5-way 10-shot sub-datasets (``--tasks`` per setting) and the whole-da
 S = 10 and 100). Baselines that do not depend on the meta-trained weights (nearest class mean on pixels,
 random net + class-mean head, random init) are run with every model; the costly ones (random net + ridge head;
 Adam from scratch, in the whole-dataset protocol only) with the first model only: their tasks and seeds are the
-same for all three.
-Writes Markdown to ``--out``, the numbers to its ``.json`` twin and inter accuracy against class count to ``--plot``.
+same for every run.
+Writes Markdown to ``--out``, the numbers to its ``.json`` twin and inter accuracy against class count to ``--plot``
+(with ``--runs`` of bank sources: each run's inter gain over the six default sources, as bars).
 """
 from __future__ import annotations
 
@@ -70,13 +72,16 @@ def runs_to_fit(classes: list[str], args: argparse.Namespace) -> dict[str, list[
     if args.runs:
         six = runs["6 default sources"]
         named = {"six": ("6 default sources", six), "full": ("full bank", runs["full bank"]),
-                 **{s: (f"6 default sources + {s}", six + [c for c in classes if class_source(c) == s])
-                    for s in BANK_SOURCES}}
+                 **{s: (f"{PLUS}{s}", six + [c for c in classes if class_source(c) == s]) for s in BANK_SOURCES}}
+        empty = [key for key in args.runs if key in BANK_SOURCES and len(named[key][1]) == len(six)]
+        if empty:
+            raise ValueError(f"--runs {' '.join(empty)}: no meta-train classes from that source")
         return dict(named[key] for key in args.runs)
     return {"full bank": runs["full bank"]} if args.full_only else runs
 
 
 RUN_KEYS = ("six", "full", *BANK_SOURCES)   # --runs: the six default sources, the full bank, or six plus one source
+PLUS = "6 default sources + "                # a --runs run of one bank source: its name's prefix
 
 
 def evaluate_run(path: str, args: argparse.Namespace, first: bool) -> dict:
@@ -127,13 +132,13 @@ def table(rows: list[dict], command: str, base: dict) -> str:
     tasks = list(rows[0]["whole"])
     lines += ["", "**Whole-dataset protocol** (`pudnet.evaluation.whole`): one task of all a dataset's classes, S train images "
               "per class, the whole test split scored; test accuracy %", "",
-              "| meta-train classes | " + " | ".join(f"{t} S={s}: PudNet | random net + class-mean"
+              "| meta-train classes | run | " + " | ".join(f"{t} S={s}: PudNet | random net + class-mean"
                                                     for t in tasks for s in WHOLE_SHOTS) + " |",
-              "|" + "---|" * (1 + 2 * len(tasks) * len(WHOLE_SHOTS))]
+              "|" + "---|" * (2 + 2 * len(tasks) * len(WHOLE_SHOTS))]
     acc = lambda r, t, s, m: (f"{100 * r['whole'][t]['shots'][str(s)]['methods'][m]['accuracy']:.1f}"
                               if m in r["whole"][t]["shots"][str(s)]["methods"] else "")
     for r in rows:
-        lines.append(f"| {r['classes']} | " + " | ".join(f"{acc(r, t, s, 'pudnet')} | {acc(r, t, s, 'random_prototype')}"
+        lines.append(f"| {r['classes']} | {r['name']} | " + " | ".join(f"{acc(r, t, s, 'pudnet')} | {acc(r, t, s, 'random_prototype')}"
                                                         for t in tasks for s in WHOLE_SHOTS) + " |")
     lines += ["", "Whole-dataset baselines (first model's evaluation):", "",
               "| method | " + " | ".join(f"{t} S={s}" for t in tasks for s in WHOLE_SHOTS) + " |",
@@ -154,7 +159,7 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    if any(" + " in r["name"] for r in rows):      # --runs with bank sources: not a curve over class counts
+    if any(r["name"].startswith(PLUS) for r in rows):      # --runs with bank sources: not a curve over class counts
         return plot_against_six(rows, next((r for r in rows if r["name"] == "6 default sources"), None), path, plt)
     x = [r["classes"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -176,15 +181,17 @@ def plot_against_six(rows: list[dict], six: dict | None, path: Path, plt) -> Non
     base = inter_accuracies(six) if six else None
     others = [r for r in rows if r is not six]
     fig, ax = plt.subplots(figsize=(7, 0.5 + 0.6 * len(others)))
-    height = 0.8 / len(WHOLE_SHOTS + (0,))
-    for j, protocol in enumerate(inter_accuracies(others[0])):
+    protocols = list(inter_accuracies(others[0]))
+    height = 0.8 / len(protocols)
+    for j, protocol in enumerate(protocols):
         values = [inter_accuracies(r)[protocol] - (base[protocol] if base else 0) for r in others]
         ax.barh([i + j * height for i in range(len(others))], values, height, label=protocol)
     ax.set_yticks([i + height for i in range(len(others))], [f"{r['name']} ({r['classes']})" for r in others],
                   fontsize=7)
     ax.invert_yaxis()
     ax.axvline(0, color="black", linewidth=0.8)
-    ax.set_xlabel("inter (Fashion-MNIST) accuracy, points" + (" over the six default sources" if base else " %"))
+    ax.set_xlabel("inter (Fashion-MNIST) " + ("accuracy gain over the six default sources, points" if base
+                                             else "accuracy %"))
     ax.set_title(f"seed {rows[0]['seed']}, {rows[0]['steps']} steps; (meta-train classes)", fontsize=8)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -205,9 +212,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--set", nargs="*", default=[], help="TrainConfig key=value for every run (the same recipe)")
     parser.add_argument("--full-only", action="store_true", help="meta-train the full bank only (a recipe variant "
                         "against an earlier table's end points)")
-    parser.add_argument("--runs", nargs="*", default=[], choices=RUN_KEYS, metavar="RUN", help="meta-train these "
-                        f"runs instead: six, full, or a bank source (the six default sources plus it): {', '.join(RUN_KEYS)}")
+    parser.add_argument("--runs", nargs="+", default=[], choices=RUN_KEYS, metavar="RUN", help="meta-train these "
+                        f"runs instead: six, full, or a bank source (the six default sources plus it): {', '.join(RUN_KEYS)}"
+                        " (--mid and --full-only do not apply)")
     args = parser.parse_args(argv)
+    if args.runs and args.full_only:
+        parser.error("--runs names every run: drop --full-only")
     command = " ".join(["python bench/bank_scale.py", *(sys.argv[1:] if argv is None else argv)])
     numbers = args.out.with_suffix(".json")
     if args.report_only:
@@ -222,9 +232,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         with ray_cluster() as where:
             print(f"ray cluster: {where}", flush=True)
             cfg, roots, split, classes = training_data(cfg)
-            for i, (name, subset) in enumerate(runs_to_fit(classes, args).items()):
+            for name, subset in runs_to_fit(classes, args).items():
                 start = time.perf_counter()
-                result = fit(dataclasses.replace(cfg, name=f"bank-scale-{i}"), roots, split, subset)
+                folder = "bank-scale-" + "".join(ch if ch.isalnum() else "-" for ch in name)   # never another run's
+                result = fit(dataclasses.replace(cfg, name=folder), roots, split, subset)
                 runs.append({"name": name, "classes": len(subset), "steps": args.steps, "seed": args.seed,
                              "train_s": time.perf_counter() - start, "path": result.checkpoint.path})
                 print(f"[bank_scale] {name}: {len(subset)} classes, {runs[-1]['train_s']:.0f} s", flush=True)

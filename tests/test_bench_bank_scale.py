@@ -43,15 +43,18 @@ def test_runs_names_the_six_sources_the_full_bank_or_six_plus_one_bank_source(tm
     assert list(runs) == ["6 default sources + glyphs", "6 default sources", "full bank"]
     assert runs["6 default sources + glyphs"] == classes[:10] + classes[30:60]
     assert runs["6 default sources"] == classes[:10] and runs["full bank"] == classes
-    with pytest.raises(SystemExit):       # a typo stops the command before the bank loads
-        bank_scale.main(["--runs", "glyph", "--out", str(tmp_path / "r.md")])
+    for bad in (["--runs", "glyph"], ["--runs"], ["--runs", "six", "--full-only"]):   # before the bank loads
+        with pytest.raises(SystemExit):
+            bank_scale.main([*bad, "--out", str(tmp_path / "r.md")])
+    with pytest.raises(ValueError, match="no meta-train classes"):
+        bank_scale.runs_to_fit(classes, argparse.Namespace(mid=0, seed=0, full_only=False, runs=["emoji_sets"]))
 
 
 def _result(methods):
     return {"methods": {m: {"accuracy": 0.5, "ci95": 0.01, "seconds": 0.1, "tasks": 3} for m in methods}}
 
 
-def test_the_report_redraws_from_its_json(tmp_path):
+def test_the_report_redraws_from_its_json(tmp_path, monkeypatch):
     def run(first, n):
         methods = bank_scale.EVERY_MODEL + (bank_scale.FIRST_MODEL_ONLY if first else ())
         whole = methods[1:] + (bank_scale.WHOLE_ONLY if first else ())
@@ -66,6 +69,14 @@ def test_the_report_redraws_from_its_json(tmp_path):
     text = out.read_text()
     assert "### `cmd`" in text and "| 300 | run 300 | 1.0 min | 50.0 ± 1.0 |" in text
     assert (tmp_path / "r.png").stat().st_size > 0
+    curve = [run(True, 50), run(False, 300)]
+    curve[1]["name"] = "default + 248 bank classes"           # the middle run is a point of the curve, not a bar
+    out.with_suffix(".json").write_text(json.dumps({"command": "cmd", "runs": curve}))
+    drawn = []
+    monkeypatch.setattr(bank_scale, "plot_against_six", lambda *a: drawn.append(a))
+    bank_scale.main(["--out", str(out), "--plot", str(tmp_path / "curve.png"), "--report-only"])
+    assert not drawn and (tmp_path / "curve.png").stat().st_size > 0
+    monkeypatch.undo()
     named = [run(True, 50), run(False, 60), run(False, 70)]
     named[0]["name"], named[1]["name"], named[2]["name"] = "6 default sources", "6 default sources + icons", "full bank"
     out.with_suffix(".json").write_text(json.dumps({"command": "cmd", "runs": named}))

@@ -38,14 +38,15 @@ def _grey(images: np.ndarray) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class Augmentation:
-    """The training stream's per-task augmentation (``TrainConfig.augment_*``); all zero, the default, is off."""
+    """The training stream's per-task augmentation (``TrainConfig.augment_*``). All zero, this class's default
+    (not the training job's), is off."""
     p_class: float = 0.0      # share of a task's classes rotated and/or inverted into new classes
     max_shift: int = 0        # per-image random shift, pixels
     p_grey: float = 0.0       # share of tasks turned grey whole (no draw at 0, so older streams stay the same)
 
     @classmethod
     def from_config(cls, cfg) -> "Augmentation":
-        return cls(cfg.augment_p_class, cfg.augment_shift, cfg.augment_p_grey)
+        return cls(p_class=cfg.augment_p_class, max_shift=cfg.augment_shift, p_grey=cfg.augment_p_grey)
 
     def __bool__(self) -> bool:
         return bool(self.p_class or self.max_shift or self.p_grey)
