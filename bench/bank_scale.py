@@ -192,7 +192,7 @@ def plot_against_six(rows: list[dict], six: dict | None, path: Path, plt) -> Non
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_xlabel("inter (Fashion-MNIST) " + ("accuracy gain over the six default sources, points" if base
                                              else "accuracy %"))
-    ax.set_title(f"seed {rows[0]['seed']}, {rows[0]['steps']} steps; (meta-train classes)", fontsize=8)
+    ax.set_title(f"seed {rows[0]['seed']}, {rows[0]['steps']} steps per run; meta-train classes in brackets", fontsize=8)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
