@@ -160,7 +160,7 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     if any(r["name"].startswith(PLUS) for r in rows):      # --runs with bank sources: not a curve over class counts
-        return plot_against_six(rows, next((r for r in rows if r["name"] == "6 default sources"), None), path, plt)
+        return plot_against_six(rows, path, plt)
     x = [r["classes"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
     for label in inter_accuracies(rows[0]):
@@ -175,24 +175,30 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def plot_against_six(rows: list[dict], six: dict | None, path: Path, plt) -> None:
-    """``--runs``: each run's inter accuracy minus the six default sources' (or the raw accuracy without that
-    run), one bar per protocol: which bank source carries transfer."""
-    base = inter_accuracies(six) if six else None
-    others = [r for r in rows if r is not six]
-    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.6 * len(others)))
-    protocols = list(inter_accuracies(others[0]))
+def plot_against_six(rows: list[dict], path: Path, plt) -> None:
+    """``--runs``: each run's inter accuracy minus that of the six default sources with the same seed, one bar per
+    protocol (the mean over seeds; dots: each seed), or the raw accuracy if no six-source run is given."""
+    six = {r["seed"]: inter_accuracies(r) for r in rows if r["name"] == "6 default sources"}
+    rows = [r for r in rows if not six or r["seed"] in six]           # a gain needs its seed's six-source run
+    names = list(dict.fromkeys(r["name"] for r in rows if r["name"] != "6 default sources"))
+    protocols = list(inter_accuracies(rows[0]))
     height = 0.8 / len(protocols)
+    fig, ax = plt.subplots(figsize=(7, 0.7 + 0.6 * len(names)))
     for j, protocol in enumerate(protocols):
-        values = [inter_accuracies(r)[protocol] - (base[protocol] if base else 0) for r in others]
-        ax.barh([i + j * height for i in range(len(others))], values, height, label=protocol)
-    ax.set_yticks([i + height for i in range(len(others))], [f"{r['name']} ({r['classes']})" for r in others],
-                  fontsize=7)
+        for i, name in enumerate(names):
+            values = [inter_accuracies(r)[protocol] - (six[r["seed"]][protocol] if six else 0)
+                      for r in rows if r["name"] == name]
+            ax.barh(i + j * height, float(np.mean(values)), height, color=f"C{j}", label=None if i else protocol)
+            if len(values) > 1:
+                ax.plot(values, [i + j * height] * len(values), "k.", markersize=3)
+    counts = {name: "/".join(str(r["classes"]) for r in rows if r["name"] == name) for name in names}
+    ax.set_yticks([i + height for i in range(len(names))], [f"{n} ({counts[n]})" for n in names], fontsize=7)
     ax.invert_yaxis()
     ax.axvline(0, color="black", linewidth=0.8)
-    ax.set_xlabel("inter (Fashion-MNIST) " + ("accuracy gain over the six default sources, points" if base
-                                             else "accuracy %"))
-    ax.set_title(f"seed {rows[0]['seed']}, {rows[0]['steps']} steps per run; meta-train classes in brackets", fontsize=8)
+    ax.set_xlabel("Fashion-MNIST (inter) " + ("gain over the six default sources, points" if six else "accuracy %"))
+    seeds = sorted({r["seed"] for r in rows})
+    ax.set_title(f"seed {', '.join(map(str, seeds))}, {rows[0]['steps']} steps per run; meta-train classes in "
+                 "brackets" + ("; bars: mean, dots: each seed" if len(seeds) > 1 else ""), fontsize=8)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
