@@ -183,7 +183,7 @@ def plot_against_six(rows: list[dict], path: Path, plt) -> None:
     names = list(dict.fromkeys(r["name"] for r in rows if r["name"] != "6 default sources"))
     protocols = list(inter_accuracies(rows[0]))
     height = 0.8 / len(protocols)
-    fig, ax = plt.subplots(figsize=(7, 0.7 + 0.6 * len(names)))
+    fig, ax = plt.subplots(figsize=(9, 0.7 + 0.6 * len(names)))
     for j, protocol in enumerate(protocols):
         for i, name in enumerate(names):
             values = [inter_accuracies(r)[protocol] - (six[r["seed"]][protocol] if six else 0)
@@ -199,7 +199,7 @@ def plot_against_six(rows: list[dict], path: Path, plt) -> None:
     seeds = sorted({r["seed"] for r in rows})
     ax.set_title(f"seed {', '.join(map(str, seeds))}, {rows[0]['steps']} steps per run; meta-train classes in "
                  "brackets" + ("; bars: mean, dots: each seed" if len(seeds) > 1 else ""), fontsize=8)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))   # outside: bars reach both edges
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
