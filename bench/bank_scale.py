@@ -55,6 +55,11 @@ WHOLE_ONLY = ("sgd_converged",)          # 5-way task here: too slow for every s
 WHOLE_SHOTS = (10, 100)
 
 
+SIX = "6 default sources"                    # the run of the six default sources alone: its name
+PLUS = f"{SIX} + "                           # a --runs run of one bank source: its name's prefix
+RUN_KEYS = ("six", "full", *BANK_SOURCES)   # --runs: the six default sources, the full bank, or six plus one source
+
+
 def tiers(classes: list[str], mid: int, seed: int) -> dict[str, list[str]]:
     """{run name: its meta-train classes}: the default sources' classes, plus a seeded sample of bank classes
     up to ``mid`` in all (no such run if ``mid`` is 0), then every class; each set contains the one before."""
@@ -62,7 +67,7 @@ def tiers(classes: list[str], mid: int, seed: int) -> dict[str, list[str]]:
     bank = sorted(set(classes) - set(default))
     extra = np.random.default_rng(seed).choice(bank, max(0, min(mid - len(default), len(bank))), replace=False)
     middle = {f"default + {len(extra)} bank classes": default + sorted(extra.tolist())} if mid else {}
-    return {"6 default sources": default, **middle, "full bank": list(classes)}
+    return {SIX: default, **middle, "full bank": list(classes)}
 
 
 def runs_to_fit(classes: list[str], args: argparse.Namespace) -> dict[str, list[str]]:
@@ -70,8 +75,8 @@ def runs_to_fit(classes: list[str], args: argparse.Namespace) -> dict[str, list[
     ``--runs`` the named ones (:data:`RUN_KEYS`)."""
     runs = tiers(classes, args.mid, args.seed)
     if args.runs:
-        six = runs["6 default sources"]
-        named = {"six": ("6 default sources", six), "full": ("full bank", runs["full bank"]),
+        six = runs[SIX]
+        named = {"six": (SIX, six), "full": ("full bank", runs["full bank"]),
                  **{s: (f"{PLUS}{s}", six + [c for c in classes if class_source(c) == s]) for s in BANK_SOURCES}}
         empty = [key for key in args.runs if key in BANK_SOURCES and len(named[key][1]) == len(six)]
         if empty:
@@ -80,8 +85,6 @@ def runs_to_fit(classes: list[str], args: argparse.Namespace) -> dict[str, list[
     return {"full bank": runs["full bank"]} if args.full_only else runs
 
 
-RUN_KEYS = ("six", "full", *BANK_SOURCES)   # --runs: the six default sources, the full bank, or six plus one source
-PLUS = "6 default sources + "                # a --runs run of one bank source: its name's prefix
 
 
 def evaluate_run(path: str, args: argparse.Namespace, first: bool) -> dict:
@@ -178,9 +181,9 @@ def plot(rows: list[dict], path: Path) -> None:
 def plot_against_six(rows: list[dict], path: Path, plt) -> None:
     """``--runs``: each run's inter accuracy minus that of the six default sources with the same seed, one bar per
     protocol (the mean over seeds; dots: each seed), or the raw accuracy if no six-source run is given."""
-    six = {r["seed"]: inter_accuracies(r) for r in rows if r["name"] == "6 default sources"}
+    six = {r["seed"]: inter_accuracies(r) for r in rows if r["name"] == SIX}
     rows = [r for r in rows if not six or r["seed"] in six]           # a gain needs its seed's six-source run
-    names = list(dict.fromkeys(r["name"] for r in rows if r["name"] != "6 default sources"))
+    names = list(dict.fromkeys(r["name"] for r in rows if r["name"] != SIX))
     protocols = list(inter_accuracies(rows[0]))
     height = 0.8 / len(protocols)
     fig, ax = plt.subplots(figsize=(9, 0.7 + 0.6 * len(names)))
