@@ -10,6 +10,7 @@ import ray
 from jobs.train_state import resumed_step
 from pudnet.data.augment import Augmentation
 from pudnet.data.stream import SubDatasetBuilder
+from pudnet.data.tasks import ClassDraw
 
 if TYPE_CHECKING:   # jobs/train.py imports this module
     from jobs.train import TrainConfig
@@ -35,4 +36,4 @@ def make_stream(cfg: TrainConfig, roots: list[str], classes: list[str], run_dir:
                                    cache_mb=cfg.stream_cache_mb, augmentation=Augmentation.from_config(cfg),
                                    ways_max=cfg.ways_max,
                                    shots_max=cfg.shots_max, max_support=cfg.max_support,
-                                   within_source=cfg.within_source))
+                                   draw=ClassDraw.from_config(cfg)))

@@ -77,7 +77,8 @@ class TrainConfig:
     ways_max: int = 0               # > 0: each step's K is drawn from [ways, ways_max] (pudnet.data.tasks.task_shape)
     shots_max: int = 0              # > 0: each step's S is drawn log-uniform from [shots, shots_max]
     max_support: int = 1000         # and S is lowered so that K*S stays within this (a step's cost)
-    within_source: float = 0.0      # share of tasks whose K classes all come from one source (tasks.pick_classes)
+    within_source: float = 0.0      # share of tasks whose K classes all come from one source (tasks.ClassDraw)
+    source_power: float = 1.0       # a source with n classes meets tasks in proportion to n ** this (1: every class alike)
     tasks_per_step: int = 1         # sub-datasets per worker per optimiser step (gradient accumulation)
     steps: int = 2000
     lr: float = 1e-3
@@ -125,6 +126,7 @@ class TrainConfig:
                   "augment_p_class": (0 <= self.augment_p_class <= 1, "[0, 1]"),
                   "augment_p_grey": (0 <= self.augment_p_grey <= 1, "[0, 1]"),
                   "within_source": (0 <= self.within_source <= 1, "[0, 1]"),
+                  "source_power": (0 <= self.source_power <= 1, "[0, 1]"),
                   "test_fraction": (0 < self.test_fraction < 1, "(0, 1)"),
                   "cpus_per_worker": (self.cpus_per_worker > 0, "> 0"), "stream_cpus": (self.stream_cpus > 0, "> 0"),
                   "lr": (self.lr > 0, "> 0"), "base_lr_scale": (self.base_lr_scale >= 0, ">= 0"), "grad_clip": (self.grad_clip > 0, "> 0"),

@@ -50,6 +50,8 @@ def test_bad_config_values_fail_fast_naming_the_field():
         load_config(overrides=["heldout_sources=imagenet"])
     with pytest.raises(ValueError, match=r"within_source=1.5 \(allowed: \[0, 1\]\)"):
         load_config(overrides=["within_source=1.5"])
+    with pytest.raises(ValueError, match=r"source_power=-1.0 \(allowed: \[0, 1\]\)"):
+        load_config(overrides=["source_power=-1"])
     with pytest.raises(ValueError, match=r"augment_p_grey=-0.5 \(allowed: \[0, 1\]\)"):
         load_config(overrides=["augment_p_grey=-0.5"])
     with pytest.raises(ValueError, match="unknown key 'model.depth'"):

@@ -15,7 +15,7 @@ import numpy as np
 
 from .augment import Augmentation
 from .bank import split_classes_by_group
-from .tasks import ClassSplit, SubDataset, class_source, pick_classes, task_shape
+from .tasks import ClassDraw, ClassSplit, SubDataset, class_source, task_shape
 from .shards import BlockReader, Catalog
 from pudnet.files import filesystem, join
 
@@ -24,22 +24,20 @@ STREAM_KEYS = ("task", "class_names", "support_x", "support_y", "query_x", "quer
 
 def plan_task(index: int, block_rows: Sequence[Sequence[int]], ways: int, shots: int, queries: int, seed: int,
               window_rows: int = 0, sources: Sequence[str] = (),
-              within_source: float = 0.0) -> list[tuple[int, list[int], np.ndarray]]:
+              draw: ClassDraw = ClassDraw()) -> list[tuple[int, list[int], np.ndarray]]:
     """Which images task ``index`` uses: per class (K, random order) its blocks and S+Q rows among them.
 
     ``block_rows[c]`` lists the rows of class c's blocks. Each class reads a random run of consecutive
     blocks holding at least max(S+Q, ``window_rows``) rows, so a task costs K short reads however big
     the source is; ``window_rows`` trades that I/O for more varied image combinations. ``sources[c]`` is
-    class c's source; a share ``within_source`` of tasks draws its classes from one source
-    (``pudnet.data.tasks.pick_classes``).
+    class c's source, which ``draw`` needs unless it is the default uniform draw over classes.
     Returns [(class position, block positions, (S+Q,) rows into those blocks' concatenation)].
     """
-    if within_source and len(sources) != len(block_rows):
-        raise ValueError(f"within_source={within_source} needs the source of each of the {len(block_rows)} "
-                         f"classes, got {len(sources)}")
+    if draw and len(sources) != len(block_rows):
+        raise ValueError(f"{draw} needs the source of each of the {len(block_rows)} classes, got {len(sources)}")
     rng = np.random.default_rng([seed, index])
     need, plan = shots + queries, []
-    for c in pick_classes(rng, seed, index, sources or ("",) * len(block_rows), ways, within_source):
+    for c in draw.pick(rng, seed, index, sources or ("",) * len(block_rows), ways):
         sizes = block_rows[c]
         start, chosen, total = int(rng.integers(len(sizes))), [], 0
         while total < max(need, window_rows) and len(chosen) < len(sizes):
@@ -81,13 +79,13 @@ class SubDatasetBuilder:
     With ``ways_max``/``shots_max`` > 0, each call draws its own (K, S) (``pudnet.data.tasks.task_shape``: K in
     [ways, ways_max], S log-uniform in [shots, shots_max], K*S <= ``max_support``) from its first task
     index, and all its tasks share it: one global step of the training stream is one call, so the DDP
-    workers of a step get equal work, and tasks stack into arrays. ``within_source``: the share of tasks whose
-    classes all come from one source (the name's part before ``/``), see ``pudnet.data.tasks.pick_classes``.
+    workers of a step get equal work, and tasks stack into arrays. ``draw`` picks each task's classes by
+    their sources (the name's part before ``/``): ``pudnet.data.tasks.ClassDraw``.
     """
 
     def __init__(self, roots: Sequence[str], classes: Sequence[str], ways: int, shots: int, queries: int, seed: int,
                  window_rows: int = 0, cache_mb: int = 512, augmentation: Augmentation = Augmentation(),
-                 ways_max: int = 0, shots_max: int = 0, max_support: int = 1000, within_source: float = 0.0):
+                 ways_max: int = 0, shots_max: int = 0, max_support: int = 1000, draw: ClassDraw = ClassDraw()):
         catalog = Catalog(roots)
         catalog.check(classes)
         most_ways, most_shots = max(ways, ways_max), max(shots, shots_max)
@@ -97,10 +95,10 @@ class SubDatasetBuilder:
                              f"{most_shots + queries} train images ({small[:5]}): "
                              "pass classes from trainable_classes()")
         self.sources = tuple(map(class_source, classes))
-        if not 0 <= within_source <= 1 or (within_source and max(map(self.sources.count, self.sources)) < most_ways):
-            raise ValueError(f"within_source={within_source}: expected a share in [0, 1], and above 0 a source "
-                             f"with at least {most_ways} classes (the most per task)")
-        self.within_source = within_source
+        if draw.within_source and max(map(self.sources.count, self.sources)) < most_ways:
+            raise ValueError(f"within_source={draw.within_source}: needs a source with at least {most_ways} "
+                             "classes (the most per task)")
+        self.draw = draw
         self.ways_range, self.shots_range, self.max_support = (ways, most_ways), (shots, most_shots), max_support
         self.classes, self.seed, self.window_rows = tuple(classes), seed, window_rows
         self.queries = queries
@@ -114,7 +112,7 @@ class SubDatasetBuilder:
         """Task ``index`` with K = ``ways``, S = ``shots``, not augmented (``step_tasks`` does that)."""
         support, query, names = [], [], []
         for c, blocks, rows in plan_task(index, self.block_rows, ways, shots, self.queries, self.seed,
-                                         self.window_rows, self.sources, self.within_source):
+                                         self.window_rows, self.sources, self.draw):
             images = np.concatenate([self.reader.read(self.blocks[c][b]) for b in blocks])[rows]
             support.append(images[:shots])
             query.append(images[shots:])

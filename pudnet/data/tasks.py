@@ -138,29 +138,57 @@ def task_shape(seed: int, index: int, ways: tuple[int, int], shots: tuple[int, i
     return k, max(shots[0], min(s, shots[1], max_support // k))
 
 
-def pick_classes(rng: np.random.Generator, seed: int, index: int, sources: Sequence[str], ways: int,
-                 within_source: float = 0.0) -> np.ndarray:
-    """Positions of task ``index``'s K classes among classes whose sources are ``sources``, in random order.
+@dataclass(frozen=True)
+class ClassDraw:
+    """How a task picks its K classes among classes of several sources (``TrainConfig.within_source`` and
+    ``source_power``). The default is a uniform draw over classes.
 
-    A share ``within_source`` of tasks (decided by (seed, index) alone) takes its K classes from one source,
-    drawn with weight = its class count among sources with at least K classes: every class then comes up as
-    often as in a draw across sources, and only which classes share a task changes. The other tasks draw
-    from all classes with ``rng`` exactly as before the option existed, so 0 reproduces the old tasks.
+    within_source: the share of tasks (decided by (seed, index) alone) whose K classes come from one source,
+        drawn with weight n_s ** source_power among sources with at least K classes (n_s: its class count).
+    source_power: source s meets tasks in proportion to n_s ** source_power. 1 weighs every class alike; 0
+        every source alike; in between, a big source (typeset glyphs) meets fewer tasks and a small one more,
+        as multilingual models temper their languages' shares.
     """
-    if not 0 <= within_source <= 1:
-        raise ValueError(f"within_source={within_source}: expected a share in [0, 1]")
-    pick = np.random.default_rng([seed, index, 0x0C1A55])   # its own stream: ``rng`` stays the old sequence
-    if within_source and pick.random() < within_source:
-        of = np.asarray(sources)
-        names, counts = np.unique(of, return_counts=True)
-        big = counts >= ways
-        if not big.any():
-            raise ValueError(f"within_source={within_source}: no source has {ways} classes "
-                             f"({dict(zip(names.tolist(), counts.tolist()))})")
-        chosen = pick.choice(names[big], p=counts[big] / counts[big].sum())
-        members = np.flatnonzero(of == chosen)
-        return members[rng.choice(len(members), ways, replace=False)]
-    return rng.choice(len(sources), ways, replace=False)
+    within_source: float = 0.0
+    source_power: float = 1.0
+
+    def __post_init__(self):
+        for name in ("within_source", "source_power"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name}={getattr(self, name)}: expected a value in [0, 1]")
+
+    @classmethod
+    def from_config(cls, cfg) -> "ClassDraw":
+        return cls(within_source=cfg.within_source, source_power=cfg.source_power)
+
+    def __bool__(self) -> bool:
+        """True when the draw needs each class's source."""
+        return self != ClassDraw()
+
+    def pick(self, rng: np.random.Generator, seed: int, index: int, sources: Sequence[str],
+             ways: int) -> np.ndarray:
+        """Positions of task ``index``'s K classes among classes whose sources are ``sources``, in random order.
+
+        Whether a task is drawn within one source, and which, comes from a stream of its own seeded by
+        (seed, index), so the other tasks draw with ``rng`` exactly as the default draw does, and the defaults
+        give the tasks of the code before either option existed.
+        """
+        pick = np.random.default_rng([seed, index, 0x0C1A55])   # its own stream: ``rng`` stays the old sequence
+        if self.within_source and pick.random() < self.within_source:
+            of = np.asarray(sources)
+            names, counts = np.unique(of, return_counts=True)
+            big = counts >= ways
+            if not big.any():
+                raise ValueError(f"within_source={self.within_source}: no source has {ways} classes "
+                                 f"({dict(zip(names.tolist(), counts.tolist()))})")
+            weight = counts[big] ** self.source_power
+            members = np.flatnonzero(of == pick.choice(names[big], p=weight / weight.sum()))
+            return members[rng.choice(len(members), ways, replace=False)]
+        if self.source_power == 1:
+            return rng.choice(len(sources), ways, replace=False)
+        _, of, counts = np.unique(np.asarray(sources), return_inverse=True, return_counts=True)
+        weight = counts[of] ** (self.source_power - 1.0)                # a class's share of its source's n ** power
+        return rng.choice(len(sources), ways, replace=False, p=weight / weight.sum())
 
 
 @dataclass(frozen=True)
@@ -232,13 +260,12 @@ class SubDatasetSampler:
         return {g: [c for c in names if len(self.train_pool[c]) >= s + q and len(self.test_pool[c]) >= t]
                 for g, names in self.groups.items()}
 
-    def sample(self, index: int, k: int, s: int, q: int, t: int = 0,
-               within_source: float = 0.0) -> SubDataset:
+    def sample(self, index: int, k: int, s: int, q: int, t: int = 0, draw: ClassDraw = ClassDraw()) -> SubDataset:
         """Task ``index``: K classes in random order, S + Q train-pool and T test-pool images each.
 
         Only classes with enough images take part. With ``by_source`` every task is drawn within one
-        source (tasks cycle over the sources with K such classes); otherwise a share ``within_source`` of
-        tasks is (:func:`pick_classes`, as the training stream draws them).
+        source (tasks cycle over the sources with K such classes); otherwise ``draw`` picks them, as the
+        training stream does.
         """
         rng = np.random.default_rng([self.seed, index])
         eligible = self.eligible(s, q, t)
@@ -248,7 +275,7 @@ class SubDatasetSampler:
                              f"{s + q} train and {t} test images (eligible: { {g: len(c) for g, c in eligible.items()} })")
         pool = eligible[groups[index % len(groups)]]
         sources = [class_source(name) for name in pool]
-        chosen = [pool[i] for i in pick_classes(rng, self.seed, index, sources, k, within_source)]
+        chosen = [pool[i] for i in draw.pick(rng, self.seed, index, sources, k)]
         parts = {"support": [], "query": [], "test": []}
         for name in chosen:
             rows = rng.choice(self.train_pool[name], s + q, replace=False)

@@ -13,7 +13,7 @@ import torch
 
 from pudnet.data.augment import Augmentation
 from pudnet.data.stream import step_tasks
-from pudnet.data.tasks import SubDataset, SubDatasetSampler
+from pudnet.data.tasks import ClassDraw, SubDataset, SubDatasetSampler
 from .meta import Episode, train_step
 from .hypernetwork import PudNet
 
@@ -48,8 +48,10 @@ def local_tasks(cfg, sampler: SubDatasetSampler, step: int) -> list[SubDataset]:
     the same indices, (K, S) and seeded augmentation, with images from ``sampler`` instead of the shards."""
     ids = range(step * cfg.tasks_per_step, (step + 1) * cfg.tasks_per_step)
 
+    draw = ClassDraw.from_config(cfg)
+
     def sample(index: int, k: int, s: int) -> SubDataset:
-        return sampler.sample(index, k, s, cfg.queries, within_source=cfg.within_source)
+        return sampler.sample(index, k, s, cfg.queries, draw=draw)
     return step_tasks(ids, sample, cfg.seed,
                       (cfg.ways, max(cfg.ways, cfg.ways_max)), (cfg.shots, max(cfg.shots, cfg.shots_max)),
                       cfg.max_support, Augmentation.from_config(cfg))

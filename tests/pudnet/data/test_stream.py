@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pudnet import PudNet, PudNetConfig
-from pudnet.data.tasks import ClassBank, SubDatasetSampler
+from pudnet.data.tasks import ClassBank, ClassDraw, SubDatasetSampler
 from pudnet.model.meta import Episode, train_step
 from pudnet.data.augment import Augmentation
 from pudnet.data.shards import Catalog, pick_test_images, read_class_bank, write_bank
@@ -46,7 +46,7 @@ def test_plan_is_seeded_distinct_and_reads_a_window():
 def test_a_share_of_tasks_draws_its_classes_from_one_source():
     rows = [[8, 8, 8, 6], [30], [5, 5, 5], [12, 12]] * 3
     sources = ["a"] * 6 + ["b"] * 4 + ["c"] * 2                                # c: too few classes for 3-way
-    classes = lambda i, share: [c for c, _, _ in plan_task(i, rows, 3, 2, 3, 1, 0, sources, share)]
+    classes = lambda i, share: [c for c, _, _ in plan_task(i, rows, 3, 2, 3, 1, 0, sources, ClassDraw(share))]
     # share 0 gives the tasks of the code before the option (numbers from commit 9ababda)
     assert [classes(i, 0.0) for i in range(6)] == [[5, 4, 9], [5, 4, 3], [11, 6, 4], [9, 0, 4], [6, 4, 11], [8, 4, 11]]
     assert plan_task(4, rows, 3, 2, 3, seed=1)[0][2].tolist() == [1, 4, 0, 3, 2]
@@ -64,7 +64,29 @@ def test_a_share_of_tasks_draws_its_classes_from_one_source():
         with pytest.raises(ValueError, match="within_source"):
             classes(0, bad)
     with pytest.raises(ValueError, match="source of each"):
-        plan_task(0, rows, 3, 2, 3, seed=1, within_source=0.5)
+        plan_task(0, rows, 3, 2, 3, seed=1, draw=ClassDraw(within_source=0.5))
+
+
+def test_source_power_tempers_how_often_big_and_small_sources_meet_tasks():
+    rows = [[10]] * 14
+    sources = ["a"] * 10 + ["b"] * 2 + ["c"] * 2                               # a: a big source, b and c small
+    def per_class(power: float) -> dict[str, float]:
+        """Appearances per class of each source over 600 3-way tasks."""
+        seen = [sources[c] for i in range(600)
+                for c, _, _ in plan_task(i, rows, 3, 2, 3, 1, 0, sources, ClassDraw(source_power=power))]
+        return {s: seen.count(s) / sources.count(s) for s in "abc"}
+    uniform, tempered, flat = per_class(1.0), per_class(0.5), per_class(0.0)
+    assert max(uniform.values()) / min(uniform.values()) < 1.3                  # every class alike
+    assert uniform["a"] > tempered["a"] > flat["a"] and uniform["b"] < tempered["b"] < flat["b"]
+    assert flat["b"] > 2 * flat["a"]                                            # a small source's classes: far more
+    tasks = [[c for c, _, _ in plan_task(i, rows, 3, 2, 3, 1, 0, sources, ClassDraw(source_power=0.5))]
+             for i in range(50)]
+    assert all(len(set(t)) == 3 for t in tasks)                                 # no class twice in a task
+    assert tasks[17] == [c for c, _, _ in plan_task(17, rows, 3, 2, 3, 1, 0, sources, ClassDraw(source_power=0.5))]
+    for bad in (-0.5, 1.5):
+        with pytest.raises(ValueError, match="source_power"):
+            ClassDraw(source_power=bad)
+    assert not ClassDraw() and ClassDraw(source_power=0.5) and ClassDraw(within_source=0.1)
 
 
 def test_builder_streams_only_given_classes_and_their_train_images(shards):
@@ -96,16 +118,16 @@ def test_classes_too_small_for_a_task_are_refused(shards):
 
 def test_builder_draws_within_one_source_and_refuses_a_share_no_source_can_fill(shards):
     classes = [f"a/{c}" for c in range(6)] + ["b/0", "b/1", "b/2"]
-    builder = SubDatasetBuilder(shards, classes, ways=3, shots=2, queries=2, seed=0, within_source=1.0)
+    builder = SubDatasetBuilder(shards, classes, ways=3, shots=2, queries=2, seed=0, draw=ClassDraw(within_source=1.0))
     names = [json.loads(n) for n in builder({"id": np.arange(40)})["class_names"]]
     assert all(len({n.split("/")[0] for n in task}) == 1 for task in names)
     assert {task[0].split("/")[0] for task in names} == {"a", "b"}
     again = builder({"id": np.array([7])})
     assert json.loads(again["class_names"][0]) == names[7]
     with pytest.raises(ValueError, match="within_source"):
-        SubDatasetBuilder(shards, classes, ways=7, shots=2, queries=2, seed=0, within_source=0.5)
+        SubDatasetBuilder(shards, classes, ways=7, shots=2, queries=2, seed=0, draw=ClassDraw(within_source=0.5))
     with pytest.raises(ValueError, match="within_source"):
-        SubDatasetBuilder(shards, classes, ways=3, shots=2, queries=2, seed=0, within_source=2.0)
+        SubDatasetBuilder(shards, classes, ways=3, shots=2, queries=2, seed=0, draw=ClassDraw(within_source=2.0))
 
 
 def test_streamed_batch_trains_pudnet():

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from pudnet.data.tasks import ClassBank, ClassSplit, SubDatasetSampler, split_classes, to_tensor
+from pudnet.data.tasks import ClassBank, ClassDraw, ClassSplit, SubDatasetSampler, split_classes, to_tensor
 
 
 def tiny_bank(sources=("a", "b", "c"), classes=4, per_class=30, size=8):
@@ -82,12 +82,12 @@ def test_a_share_of_in_process_tasks_draws_within_one_source_as_the_stream_does(
     sampler = SubDatasetSampler(bank, bank.class_names[:10], seed=0)          # c has 2 classes: never within, K=3
     for i in range(30):
         default = sampler.sample(i, 3, 1, 1)
-        assert np.array_equal(sampler.sample(i, 3, 1, 1, within_source=0.0).support_x, default.support_x)
-        one = sampler.sample(i, 3, 1, 1, within_source=1.0).class_names
+        assert np.array_equal(sampler.sample(i, 3, 1, 1, draw=ClassDraw(within_source=0.0)).support_x, default.support_x)
+        one = sampler.sample(i, 3, 1, 1, draw=ClassDraw(within_source=1.0)).class_names
         assert len({n.split("/")[0] for n in one}) == 1 and not one[0].startswith("c/")
-        assert sampler.sample(i, 3, 1, 1, within_source=1.0).class_names == one
+        assert sampler.sample(i, 3, 1, 1, draw=ClassDraw(within_source=1.0)).class_names == one
     with pytest.raises(ValueError, match="within_source"):
-        sampler.sample(0, 3, 1, 1, within_source=1.5)
+        sampler.sample(0, 3, 1, 1, draw=ClassDraw(within_source=1.5))
 
 
 def test_only_classes_with_enough_images_take_part():

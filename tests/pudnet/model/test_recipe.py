@@ -16,7 +16,7 @@ def recipe(**overrides) -> types.SimpleNamespace:
     """The recipe fields of a TrainConfig, small."""
     cfg = dict(lr=1e-3, base_lr_scale=1.0, weight_decay=0.01, steps=10, warmup_steps=2, lr_schedule="cosine",
                seed=0, ways=2, ways_max=0, shots=2, shots_max=0, queries=2, max_support=40, tasks_per_step=3,
-               augment_p_class=0.0, augment_shift=0, augment_p_grey=0.0, within_source=0.0)
+               augment_p_class=0.0, augment_shift=0, augment_p_grey=0.0, within_source=0.0, source_power=1.0)
     return types.SimpleNamespace(**{**cfg, **overrides})
 
 
