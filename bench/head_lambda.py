@@ -1,0 +1,133 @@
+"""Is the ridge head what limits the prediction (issue 9)? Refit it on the same generated body with other lambdas.
+
+    OMP_NUM_THREADS=1 python bench/head_lambda.py RUN_OR_CHECKPOINT --out bench/results_head_lambda.md
+
+The prediction's ridge head uses one meta-trained relative lambda for every task (``PudNet.log_lambda``:
+lambda = exp(log_lambda) * mean squared centred feature norm). Here, on the tasks of ``jobs/evaluate.py``'s
+whole-dataset protocol (same seed, so the README's tasks), the generated body is kept and only the head is
+refitted on every support image, for log_lambda on a grid:
+
+- the meta-trained lambda (the prediction itself);
+- the lambda generalised cross-validation picks per task: computable from the head's F x F moments in one
+  eigendecomposition, so a prediction could afford it (its milliseconds are reported);
+- the best lambda on the test images: an oracle no method can use, the head's ceiling on this body.
+
+If the oracle is close to the meta-trained lambda, a better prediction needs better features, not a better head.
+Beside them, on the same tasks, the no-learning baselines and Adam from scratch (``pudnet.evaluation.episodes``).
+Writes Markdown to ``--out`` and the numbers to its ``.json`` twin.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # a checkout that is not pip-installed
+
+from jobs import evaluate  # noqa: E402
+from pudnet.evaluation.episodes import METHOD_LABELS, Evaluator  # noqa: E402
+from pudnet.evaluation.whole import read_whole_tasks, shots_label  # noqa: E402
+from pudnet.model.heads import HeadMoments, _ridge_output  # noqa: E402
+
+BASELINES = ("ncm_pixels", "random_prototype", "linear_probe")
+ADAM = ("sgd_1epoch", "sgd_converged")
+
+
+def lambda_sweep(features: torch.Tensor, labels: torch.Tensor, test_features: torch.Tensor, test_labels: torch.Tensor,
+                 num_classes: int, grid: np.ndarray) -> dict:
+    """Test accuracy of the ridge head at each relative log-lambda of ``grid``, and GCV's pick among them.
+
+    GCV(lambda) = n RSS / (n - df)^2 of the one-hot regression, with RSS and df = tr(hat matrix) + 1 (the
+    intercept) read off the eigendecomposition of the centred feature covariance: no pass over the images."""
+    moments = HeadMoments(features.shape[1], num_classes, features.device)
+    moments.add(features, labels)
+    start = time.perf_counter()
+    n = moments.n
+    mu, ybar = moments.sum_x / n, moments.counts / n
+    sxx = moments.xx - n * torch.outer(mu, mu)
+    sxy = moments.xy - n * torch.outer(mu, ybar)
+    spread = sxx.diagonal().sum() / n
+    d, v = torch.linalg.eigh(sxx)
+    d = d.clamp_min(0)
+    z = v.t() @ sxy                                                         # (F, K) in the eigenbasis
+    syy = n - (moments.counts ** 2).sum() / n                               # centred one-hot sum of squares
+    gcv = []
+    for g in grid:
+        lam = float(np.exp(g)) * spread
+        rss = syy - ((z ** 2).sum(1) * (d + 2 * lam) / (d + lam) ** 2).sum()
+        df = float((d / (d + lam)).sum()) + 1
+        gcv.append(float(n * rss / (n - df) ** 2) if n - df >= 1 else float("inf"))
+    gcv_ms = 1000 * (time.perf_counter() - start)
+    accuracies = []
+    for g in grid:
+        w = v @ (z / (d + float(np.exp(g)) * spread)[:, None])
+        weight, bias = _ridge_output(w, mu + moments.shift, ybar, 1.0, torch.float32)
+        accuracies.append(float(((test_features @ weight.t() + bias).argmax(1) == test_labels).float().mean()))
+    return {"grid": grid.tolist(), "accuracy": accuracies, "gcv": gcv, "gcv_pick": int(np.argmin(gcv)),
+            "gcv_ms": gcv_ms}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="a checkpoint or run directory written by jobs/train.py")
+    parser.add_argument("--shots", type=int, nargs="+", default=[10, 100, 0], help="S per class (0: all)")
+    parser.add_argument("--classes", type=int, default=10, help="held-out classes of the intra task")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-adam", action="store_true", help="skip Adam from scratch (the slowest baseline)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results_head_lambda.md"))
+    args = parser.parse_args(argv)
+    command = " ".join(["python bench/head_lambda.py", *(sys.argv[1:] if argv is None else argv)])
+    cfg = evaluate.EvalConfig(checkpoint=args.checkpoint, seed=args.seed)
+    record = evaluate.load(cfg, smoke=False)
+    model = record.model
+    evaluator = Evaluator(model, cfg.whole.sgd, cfg.seed, cfg.max_stats_images)
+    grid = np.arange(-6.0, 4.01, 0.5)
+    methods = BASELINES + (() if args.no_adam else ADAM)
+    rows = []
+    tasks = read_whole_tasks(record.roots, record.split, tuple(args.shots), args.classes, model.cfg.max_classes,
+                             args.seed, cfg.whole.max_per_class or None, cfg.whole.val_fraction)
+    for index, ((name, shots), (task, sgd_rows)) in enumerate(tasks.items()):
+        (sx, sy), _, (tx, ty) = evaluator.tensors(task)
+        with torch.no_grad():
+            weights = model(sx, sy, task.num_classes)
+            predicted = evaluator.accuracy(weights, tx, ty)
+            sweep = lambda_sweep(evaluator.features(weights, sx), sy, evaluator.features(weights, tx), ty,
+                                 task.num_classes, grid)
+        scores = evaluator.run(task, index, methods, sgd_rows).scores
+        rows.append({"task": name, "shots": shots_label(shots), "support_images": len(sy), "test_images": len(ty),
+                     "learned_log_lambda": float(model.log_lambda), "pudnet": predicted, **sweep,
+                     "baselines": {m: scores[m][0] for m in methods}})
+        print(f"[head_lambda] {name} S={shots_label(shots)}: PudNet {100 * predicted:.1f}, GCV "
+              f"{100 * sweep['accuracy'][sweep['gcv_pick']]:.1f}, oracle {100 * max(sweep['accuracy']):.1f}", flush=True)
+    args.out.with_suffix(".json").write_text(json.dumps({"command": command, "checkpoint": record.path,
+                                                         "rows": rows}, indent=1))
+    args.out.write_text(table(rows, command, record.path, methods))
+    print(args.out.read_text())
+    return {"rows": rows}
+
+
+def table(rows: list[dict], command: str, checkpoint: str, methods: tuple[str, ...]) -> str:
+    pct = lambda a: f"{100 * a:.1f}"
+    lines = ["# Is the ridge head the limit? (issue 9)", "", f"`{command}`", "", f"Checkpoint: `{checkpoint}`. "
+             "Test accuracy (%) on the whole-dataset protocol's tasks; every head column refits only the ridge "
+             "head on the same generated body and every support image. log-lambda is relative to the mean "
+             "squared centred feature norm.", "",
+             "| task | S | PudNet (meta-trained lambda) | GCV's lambda per task | best lambda on test (oracle) | "
+             + " | ".join(METHOD_LABELS[m] for m in methods) + " |",
+             "|---|---|---|---|---|" + "---|" * len(methods)]
+    for r in rows:
+        best = int(np.argmax(r["accuracy"]))
+        lines.append(f"| {r['task']} | {r['shots']} ({r['support_images']} images) | {pct(r['pudnet'])} "
+                     f"(log-lambda {r['learned_log_lambda']:+.2f}) | {pct(r['accuracy'][r['gcv_pick']])} "
+                     f"({r['grid'][r['gcv_pick']]:+.1f}; {r['gcv_ms']:.0f} ms) | {pct(r['accuracy'][best])} "
+                     f"({r['grid'][best]:+.1f}) | " + " | ".join(pct(r["baselines"][m]) for m in methods) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
