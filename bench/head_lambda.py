@@ -7,12 +7,14 @@ lambda = exp(log_lambda) * mean squared centred feature norm). Here, on the task
 whole-dataset protocol (same seed, so the README's tasks), the generated body is kept and only the head is
 refitted on every support image, for log_lambda on a grid:
 
-- the meta-trained lambda (the prediction itself);
+- the meta-trained lambda (beside the prediction itself, whose head mixes train-mode features of the BatchNorm
+  sample with eval-mode ones of the rest);
 - the lambda generalised cross-validation picks per task: computable from the head's F x F moments in one
   eigendecomposition, so a prediction could afford it (its milliseconds are reported);
-- the best lambda on the test images: an oracle no method can use, the head's ceiling on this body.
+- the best lambda on the test images: an oracle no method can use, the ridge head's ceiling on this body
+  (ties go to the smallest lambda).
 
-If the oracle is close to the meta-trained lambda, a better prediction needs better features, not a better head.
+If the oracle is close to the meta-trained lambda, no ridge lambda makes a better prediction.
 Beside them, on the same tasks, the no-learning baselines and Adam from scratch (``pudnet.evaluation.episodes``).
 Writes Markdown to ``--out`` and the numbers to its ``.json`` twin.
 """
@@ -38,38 +40,55 @@ BASELINES = ("ncm_pixels", "random_prototype", "linear_probe")
 ADAM = ("sgd_1epoch", "sgd_converged")
 
 
-def lambda_sweep(features: torch.Tensor, labels: torch.Tensor, test_features: torch.Tensor, test_labels: torch.Tensor,
-                 num_classes: int, grid: np.ndarray) -> dict:
-    """Test accuracy of the ridge head at each relative log-lambda of ``grid``, and GCV's pick among them.
+class RidgePath:
+    """The ridge head of ``pudnet.model.heads`` on fixed (N, F) features at any relative log-lambda, and its GCV
+    score, from one eigendecomposition of the centred scatter matrix (no further pass over the images).
 
-    GCV(lambda) = n RSS / (n - df)^2 of the one-hot regression, with RSS and df = tr(hat matrix) + 1 (the
-    intercept) read off the eigendecomposition of the centred feature covariance: no pass over the images."""
-    moments = HeadMoments(features.shape[1], num_classes, features.device)
-    moments.add(features, labels)
+    GCV(lambda) = n RSS / (n - df)^2 of the one-hot regression, where RSS = |Y_c|^2 - sum_j |z_j|^2 (d_j + 2 lambda)
+    / (d_j + lambda)^2 and df = sum_j d_j / (d_j + lambda) + 1 (the unpenalised intercept); d, z: eigenvalues of
+    X_c^T X_c and X_c^T Y_c in its eigenbasis. Where n - df < 1 the score is undefined (None)."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor, num_classes: int):
+        moments = HeadMoments(features.shape[1], num_classes, features.device)
+        moments.add(features, labels)
+        n = self.n = moments.n
+        self.mu, self.ybar = moments.sum_x / n, moments.counts / n
+        self.shift = moments.shift
+        sxx = moments.xx - n * torch.outer(self.mu, self.mu)
+        sxy = moments.xy - n * torch.outer(self.mu, self.ybar)
+        self.spread = (sxx.diagonal().sum() / n).clamp_min(1e-6)            # as ridge_head scales lambda
+        d, self.v = torch.linalg.eigh(sxx)
+        self.d = d.clamp_min(0)
+        self.z = self.v.t() @ sxy                                           # (F, K) in the eigenbasis
+        self.syy = n - (moments.counts ** 2).sum() / n                      # centred one-hot sum of squares
+
+    def head(self, log_lambda: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weight (K, F) and bias (K,) of ``ridge_head`` at this log-lambda, with a logit scale of 1."""
+        w = self.v @ (self.z / (self.d + float(np.exp(log_lambda)) * self.spread)[:, None])
+        return _ridge_output(w, self.mu + self.shift, self.ybar, 1.0, torch.float32)
+
+    def gcv(self, log_lambda: float) -> float | None:
+        lam = float(np.exp(log_lambda)) * self.spread
+        rss = self.syy - ((self.z ** 2).sum(1) * (self.d + 2 * lam) / (self.d + lam) ** 2).sum()
+        df = float((self.d / (self.d + lam)).sum()) + 1
+        return float(self.n * rss / (self.n - df) ** 2) if self.n - df >= 1 else None
+
+
+def lambda_sweep(features: torch.Tensor, labels: torch.Tensor, test_features: torch.Tensor, test_labels: torch.Tensor,
+                 num_classes: int, grid: np.ndarray, learned: float) -> dict:
+    """Test accuracy of the ridge head refitted at the meta-trained log-lambda ``learned`` and at each of ``grid``,
+    and GCV's pick among the grid (with the milliseconds it took)."""
     start = time.perf_counter()
-    n = moments.n
-    mu, ybar = moments.sum_x / n, moments.counts / n
-    sxx = moments.xx - n * torch.outer(mu, mu)
-    sxy = moments.xy - n * torch.outer(mu, ybar)
-    spread = sxx.diagonal().sum() / n
-    d, v = torch.linalg.eigh(sxx)
-    d = d.clamp_min(0)
-    z = v.t() @ sxy                                                         # (F, K) in the eigenbasis
-    syy = n - (moments.counts ** 2).sum() / n                               # centred one-hot sum of squares
-    gcv = []
-    for g in grid:
-        lam = float(np.exp(g)) * spread
-        rss = syy - ((z ** 2).sum(1) * (d + 2 * lam) / (d + lam) ** 2).sum()
-        df = float((d / (d + lam)).sum()) + 1
-        gcv.append(float(n * rss / (n - df) ** 2) if n - df >= 1 else float("inf"))
+    path = RidgePath(features, labels, num_classes)
+    gcv = [path.gcv(g) for g in grid]
     gcv_ms = 1000 * (time.perf_counter() - start)
-    accuracies = []
-    for g in grid:
-        w = v @ (z / (d + float(np.exp(g)) * spread)[:, None])
-        weight, bias = _ridge_output(w, mu + moments.shift, ybar, 1.0, torch.float32)
-        accuracies.append(float(((test_features @ weight.t() + bias).argmax(1) == test_labels).float().mean()))
-    return {"grid": grid.tolist(), "accuracy": accuracies, "gcv": gcv, "gcv_pick": int(np.argmin(gcv)),
-            "gcv_ms": gcv_ms}
+
+    def accuracy(log_lambda: float) -> float:
+        weight, bias = path.head(log_lambda)
+        return float(((test_features @ weight.t() + bias).argmax(1) == test_labels).float().mean())
+    pick = min((i for i, v in enumerate(gcv) if v is not None), key=lambda i: gcv[i])
+    return {"grid": grid.tolist(), "accuracy": [accuracy(g) for g in grid], "refit_learned": accuracy(learned),
+            "gcv": gcv, "gcv_pick": pick, "gcv_ms": gcv_ms}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -85,6 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = evaluate.EvalConfig(checkpoint=args.checkpoint, seed=args.seed)
     record = evaluate.load(cfg, smoke=False)
     model = record.model
+    if model.cfg.head != "ridge":
+        parser.error(f"{record.path} has the {model.cfg.head!r} head: this benchmark refits the ridge head")
     evaluator = Evaluator(model, cfg.whole.sgd, cfg.seed, cfg.max_stats_images)
     grid = np.arange(-6.0, 4.01, 0.5)
     methods = BASELINES + (() if args.no_adam else ADAM)
@@ -97,12 +118,13 @@ def main(argv: list[str] | None = None) -> dict:
             weights = model(sx, sy, task.num_classes)
             predicted = evaluator.accuracy(weights, tx, ty)
             sweep = lambda_sweep(evaluator.features(weights, sx), sy, evaluator.features(weights, tx), ty,
-                                 task.num_classes, grid)
+                                 task.num_classes, grid, float(model.log_lambda))
         scores = evaluator.run(task, index, methods, sgd_rows).scores
         rows.append({"task": name, "shots": shots_label(shots), "support_images": len(sy), "test_images": len(ty),
                      "learned_log_lambda": float(model.log_lambda), "pudnet": predicted, **sweep,
                      "baselines": {m: scores[m][0] for m in methods}})
-        print(f"[head_lambda] {name} S={shots_label(shots)}: PudNet {100 * predicted:.1f}, GCV "
+        print(f"[head_lambda] {name} S={shots_label(shots)}: PudNet {100 * predicted:.1f}, refit "
+              f"{100 * sweep['refit_learned']:.1f}, GCV "
               f"{100 * sweep['accuracy'][sweep['gcv_pick']]:.1f}, oracle {100 * max(sweep['accuracy']):.1f}", flush=True)
     args.out.with_suffix(".json").write_text(json.dumps({"command": command, "checkpoint": record.path,
                                                          "rows": rows}, indent=1))
@@ -117,13 +139,13 @@ def table(rows: list[dict], command: str, checkpoint: str, methods: tuple[str, .
              "Test accuracy (%) on the whole-dataset protocol's tasks; every head column refits only the ridge "
              "head on the same generated body and every support image. log-lambda is relative to the mean "
              "squared centred feature norm.", "",
-             "| task | S | PudNet (meta-trained lambda) | GCV's lambda per task | best lambda on test (oracle) | "
-             + " | ".join(METHOD_LABELS[m] for m in methods) + " |",
-             "|---|---|---|---|---|" + "---|" * len(methods)]
+             "| task | S | PudNet prediction | refit, meta-trained lambda | refit, GCV's lambda per task | "
+             "refit, best lambda on test (oracle) | " + " | ".join(METHOD_LABELS[m] for m in methods) + " |",
+             "|---|---|---|---|---|---|" + "---|" * len(methods)]
     for r in rows:
         best = int(np.argmax(r["accuracy"]))
-        lines.append(f"| {r['task']} | {r['shots']} ({r['support_images']} images) | {pct(r['pudnet'])} "
-                     f"(log-lambda {r['learned_log_lambda']:+.2f}) | {pct(r['accuracy'][r['gcv_pick']])} "
+        lines.append(f"| {r['task']} | {r['shots']} ({r['support_images']} images) | {pct(r['pudnet'])} | "
+                     f"{pct(r['refit_learned'])} ({r['learned_log_lambda']:+.2f}) | {pct(r['accuracy'][r['gcv_pick']])} "
                      f"({r['grid'][r['gcv_pick']]:+.1f}; {r['gcv_ms']:.0f} ms) | {pct(r['accuracy'][best])} "
                      f"({r['grid'][best]:+.1f}) | " + " | ".join(pct(r["baselines"][m]) for m in methods) + " |")
     return "\n".join(lines) + "\n"

@@ -33,7 +33,7 @@ def plan_task(index: int, block_rows: Sequence[Sequence[int]], ways: int, shots:
     class c's source, which ``draw`` needs unless it is the default uniform draw over classes.
     Returns [(class position, block positions, (S+Q,) rows into those blocks' concatenation)].
     """
-    if draw and len(sources) != len(block_rows):
+    if draw.needs_sources and len(sources) != len(block_rows):
         raise ValueError(f"{draw} needs the source of each of the {len(block_rows)} classes, got {len(sources)}")
     rng = np.random.default_rng([seed, index])
     need, plan = shots + queries, []

@@ -145,9 +145,11 @@ class ClassDraw:
 
     within_source: the share of tasks (decided by (seed, index) alone) whose K classes come from one source,
         drawn with weight n_s ** source_power among sources with at least K classes (n_s: its class count).
-    source_power: source s meets tasks in proportion to n_s ** source_power. 1 weighs every class alike; 0
-        every source alike; in between, a big source (typeset glyphs) meets fewer tasks and a small one more,
-        as multilingual models temper their languages' shares.
+    source_power: across sources, each class is drawn with weight n_s ** (source_power - 1), so source s gets
+        about n_s ** source_power of the draws (about: a class comes up at most once per task, so a source
+        with fewer classes than its share cannot fill it). 1 weighs every class alike; 0 every source alike;
+        in between, a big source (typeset glyphs) meets fewer tasks and a small one more, as multilingual
+        models temper their languages' shares.
     """
     within_source: float = 0.0
     source_power: float = 1.0
@@ -161,8 +163,9 @@ class ClassDraw:
     def from_config(cls, cfg) -> "ClassDraw":
         return cls(within_source=cfg.within_source, source_power=cfg.source_power)
 
-    def __bool__(self) -> bool:
-        """True when the draw needs each class's source."""
+    @property
+    def needs_sources(self) -> bool:
+        """Whether the draw reads each class's source (the default uniform draw does not)."""
         return self != ClassDraw()
 
     def pick(self, rng: np.random.Generator, seed: int, index: int, sources: Sequence[str],
@@ -170,8 +173,8 @@ class ClassDraw:
         """Positions of task ``index``'s K classes among classes whose sources are ``sources``, in random order.
 
         Whether a task is drawn within one source, and which, comes from a stream of its own seeded by
-        (seed, index), so the other tasks draw with ``rng`` exactly as the default draw does, and the defaults
-        give the tasks of the code before either option existed.
+        (seed, index), so ``rng`` is left to the class draw; with ``source_power`` 1 that draw is the
+        default's, and the defaults give the tasks of the code before either option existed.
         """
         pick = np.random.default_rng([seed, index, 0x0C1A55])   # its own stream: ``rng`` stays the old sequence
         if self.within_source and pick.random() < self.within_source:

@@ -86,7 +86,13 @@ def test_source_power_tempers_how_often_big_and_small_sources_meet_tasks():
     for bad in (-0.5, 1.5):
         with pytest.raises(ValueError, match="source_power"):
             ClassDraw(source_power=bad)
-    assert not ClassDraw() and ClassDraw(source_power=0.5) and ClassDraw(within_source=0.1)
+    assert not ClassDraw().needs_sources
+    assert ClassDraw(source_power=0.5).needs_sources and ClassDraw(within_source=0.1).needs_sources
+    sized = ["a"] * 10 + ["b"] * 3 + ["c"]                                     # c: too few classes for 3-way
+    within = lambda power: [sized[plan_task(i, rows, 3, 2, 3, 1, 0, sized, ClassDraw(1.0, power))[0][0]]
+                            for i in range(600)]                                # each task's one source
+    assert 0.68 < within(1.0).count("a") / 600 < 0.86                          # by class count: 10 of 13
+    assert 0.4 < within(0.0).count("a") / 600 < 0.6                             # a and b alike
 
 
 def test_builder_streams_only_given_classes_and_their_train_images(shards):
