@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"{record.path} has the {model.cfg.head!r} head: this benchmark refits the ridge head")
     evaluator = Evaluator(model, cfg.whole.sgd, cfg.seed, cfg.max_stats_images)
     grid = np.arange(-6.0, 4.01, 0.5)
+    learned = model.log_lambda.item()
     methods = BASELINES + (() if args.no_adam else ADAM)
     rows = []
     tasks = read_whole_tasks(record.roots, record.split, tuple(args.shots), args.classes, model.cfg.max_classes,
@@ -118,10 +119,10 @@ def main(argv: list[str] | None = None) -> dict:
             weights = model(sx, sy, task.num_classes)
             predicted = evaluator.accuracy(weights, tx, ty)
             sweep = lambda_sweep(evaluator.features(weights, sx), sy, evaluator.features(weights, tx), ty,
-                                 task.num_classes, grid, float(model.log_lambda))
+                                 task.num_classes, grid, learned)
         scores = evaluator.run(task, index, methods, sgd_rows).scores
         rows.append({"task": name, "shots": shots_label(shots), "support_images": len(sy), "test_images": len(ty),
-                     "learned_log_lambda": float(model.log_lambda), "pudnet": predicted, **sweep,
+                     "learned_log_lambda": learned, "pudnet": predicted, **sweep,
                      "baselines": {m: scores[m][0] for m in methods}})
         print(f"[head_lambda] {name} S={shots_label(shots)}: PudNet {100 * predicted:.1f}, refit "
               f"{100 * sweep['refit_learned']:.1f}, GCV "
