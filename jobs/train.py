@@ -78,7 +78,7 @@ class TrainConfig:
     shots_max: int = 0              # > 0: each step's S is drawn log-uniform from [shots, shots_max]
     max_support: int = 1000         # and S is lowered so that K*S stays within this (a step's cost)
     within_source: float = 0.0      # share of tasks whose K classes all come from one source (tasks.ClassDraw)
-    source_power: float = 1.0       # a source with n classes gets about n ** this of the class draws (1: every class alike)
+    source_power: float = 1.0       # a source of n classes gets about n ** this of the draws, relatively (1: uniform)
     tasks_per_step: int = 1         # sub-datasets per worker per optimiser step (gradient accumulation)
     steps: int = 2000
     lr: float = 1e-3
