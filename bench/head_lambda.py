@@ -52,11 +52,8 @@ class RidgePath:
         moments = HeadMoments(features.shape[1], num_classes, features.device)
         moments.add(features, labels)
         n = self.n = moments.n
-        self.mu, self.ybar = moments.sum_x / n, moments.counts / n
+        self.mu, self.ybar, sxx, sxy, self.spread = moments.centred()       # as the prediction's head has them
         self.shift = moments.shift
-        sxx = moments.xx - n * torch.outer(self.mu, self.mu)
-        sxy = moments.xy - n * torch.outer(self.mu, self.ybar)
-        self.spread = (sxx.diagonal().sum() / n).clamp_min(1e-6)            # as ridge_head scales lambda
         d, self.v = torch.linalg.eigh(sxx)
         self.d = d.clamp_min(0)
         self.z = self.v.t() @ sxy                                           # (F, K) in the eigenbasis

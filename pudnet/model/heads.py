@@ -87,13 +87,19 @@ class HeadMoments:
     def class_means(self) -> torch.Tensor:
         return (self.xy / self.counts.clamp_min(1)).t().float() + self.shift               # (K, F)
 
+    def centred(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mu, ybar, X_c^T X_c, X_c^T Y_c, spread) of all added rows, in float64: mu is the mean of the shifted
+        rows (add ``shift`` for the features' mean), spread the mean squared centred norm that scales lambda."""
+        mu, ybar = self.sum_x / self.n, self.counts / self.n
+        sxx = self.xx - self.n * torch.outer(mu, mu)
+        sxy = self.xy - self.n * torch.outer(mu, ybar)
+        return mu, ybar, sxx, sxy, (sxx.diagonal().sum() / self.n).clamp_min(1e-6)
+
     def ridge(self, log_lambda: torch.Tensor, scale: torch.Tensor | float,
               dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """The same solution as ``ridge_head`` on all added rows (the F x F form)."""
-        mu, ybar = self.sum_x / self.n, self.counts / self.n                # mu: mean of the shifted rows
-        sxx = self.xx - self.n * torch.outer(mu, mu)                        # centred X^T X
-        sxy = self.xy - self.n * torch.outer(mu, ybar)                      # centred X^T Y
-        lam = log_lambda.double().exp() * (sxx.diagonal().sum() / self.n).clamp_min(1e-6)
+        mu, ybar, sxx, sxy, spread = self.centred()
+        lam = log_lambda.double().exp() * spread
         factor = torch.linalg.cholesky(sxx + lam * torch.eye(len(mu), dtype=sxx.dtype, device=sxx.device))
         w = torch.cholesky_solve(sxy, factor)                               # symmetric positive definite
         return _ridge_output(w, mu + self.shift, ybar, scale.double() if torch.is_tensor(scale) else scale, dtype)
