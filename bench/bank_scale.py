@@ -85,8 +85,6 @@ def runs_to_fit(classes: list[str], args: argparse.Namespace) -> dict[str, list[
     return {"full bank": runs["full bank"]} if args.full_only else runs
 
 
-
-
 def evaluate_run(path: str, args: argparse.Namespace, first: bool) -> dict:
     """The three held-out settings, both protocols, for one run's checkpoint."""
     methods = EVERY_MODEL + (FIRST_MODEL_ONLY if first else ())
