@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # a checkout that
 from jobs import evaluate  # noqa: E402
 from pudnet.evaluation.episodes import METHOD_LABELS, Evaluator  # noqa: E402
 from pudnet.evaluation.whole import read_whole_tasks, shots_label  # noqa: E402
-from pudnet.model.heads import HeadMoments, _ridge_output  # noqa: E402
+from pudnet.model.heads import HeadMoments, ridge_output  # noqa: E402
 
 BASELINES = ("ncm_pixels", "random_prototype", "linear_probe")
 ADAM = ("sgd_1epoch", "sgd_converged")
@@ -62,7 +62,7 @@ class RidgePath:
     def head(self, log_lambda: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Weight (K, F) and bias (K,) of ``ridge_head`` at this log-lambda, with a logit scale of 1."""
         w = self.v @ (self.z / (self.d + float(np.exp(log_lambda)) * self.spread)[:, None])
-        return _ridge_output(w, self.mu + self.shift, self.ybar, 1.0, torch.float32)
+        return ridge_output(w, self.mu + self.shift, self.ybar, 1.0, torch.float32)
 
     def gcv(self, log_lambda: float) -> float | None:
         lam = float(np.exp(log_lambda)) * self.spread

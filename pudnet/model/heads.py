@@ -32,8 +32,8 @@ def prototype_head(features: torch.Tensor, labels: torch.Tensor, num_classes: in
     return prototype_from_means(class_means(features, labels, num_classes), tau)
 
 
-def _ridge_output(w: torch.Tensor, mu: torch.Tensor, ybar: torch.Tensor, scale: torch.Tensor | float,
-                  dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def ridge_output(w: torch.Tensor, mu: torch.Tensor, ybar: torch.Tensor, scale: torch.Tensor | float,
+                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Coefficients w (F, K) of centred data -> logits = scale * ((f - mu) w + ybar) as weight (K, F), bias (K,)."""
     return (scale * w.t()).to(dtype), (scale * (ybar - mu @ w)).to(dtype)
 
@@ -55,7 +55,7 @@ def ridge_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int, l
         w = xc.t() @ torch.linalg.solve(xc @ xc.t() + lam * torch.eye(n, device=x.device), yc)
     else:
         w = torch.linalg.solve(xc.t() @ xc + lam * torch.eye(f, device=x.device), xc.t() @ yc)
-    return _ridge_output(w, mu, ybar, scale, features.dtype)
+    return ridge_output(w, mu, ybar, scale, features.dtype)
 
 
 class HeadMoments:
@@ -102,7 +102,7 @@ class HeadMoments:
         lam = log_lambda.double().exp() * spread
         factor = torch.linalg.cholesky(sxx + lam * torch.eye(len(mu), dtype=sxx.dtype, device=sxx.device))
         w = torch.cholesky_solve(sxy, factor)                               # symmetric positive definite
-        return _ridge_output(w, mu + self.shift, ybar, scale.double() if torch.is_tensor(scale) else scale, dtype)
+        return ridge_output(w, mu + self.shift, ybar, scale.double() if torch.is_tensor(scale) else scale, dtype)
 
 
 def spread_sample(labels: torch.Tensor, num_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
