@@ -5,7 +5,7 @@
 #   PUDNET_BANK=default bash scripts/setup.sh   # opt out of the bank: the 6 default sources only
 # PyPI alone gives the embedded default (digits, MNIST-5k, Animal-MNIST). Where apt-get works as root, the
 # Debian-packaged sources are added (Fashion-MNIST, Openclipart, Noto emoji); elsewhere they are reported missing.
-# The bank adds 17 icon themes and 64 font packages (apt, root only), cairosvg (PyPI) and two emoji sets (npm,
+# The bank adds 21 icon themes and 64 font packages (apt, root only), cairosvg (PyPI) and two emoji sets (npm,
 # into the cache dir); what is missing is reported and skipped, never fatal. See README: Data.
 set -euo pipefail
 cd "$(dirname "$0")/.."

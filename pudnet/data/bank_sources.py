@@ -34,7 +34,9 @@ ICON_THEMES = (  # (Debian package, theme folder in usr/share/icons): one artist
     ("mate-icon-theme", "mate"), ("elementary-xfce-icon-theme", "elementary-xfce"), ("numix-icon-theme", "Numix"),
     ("moka-icon-theme", "Moka"), ("faba-icon-theme", "Faba"), ("yaru-theme-icon", "Yaru"),
     ("deepin-icon-theme", "bloom"), ("paper-icon-theme", "Paper"), ("lxde-icon-theme", "nuoveXT2"),
-    ("suru-icon-theme", "suru"), ("obsidian-icon-theme", "Obsidian"))
+    ("suru-icon-theme", "suru"), ("obsidian-icon-theme", "Obsidian"), ("elementary-icon-theme", "elementary"),
+    ("faenza-icon-theme", "Faenza"), ("gnome-accessibility-themes", "HighContrast"),
+    ("gnome-colors-common", "gnome-colors-common"))
 FONT_PACKAGES = (
     "fonts-dejavu-core", "fonts-dejavu-extra", "fonts-liberation", "fonts-liberation2", "fonts-freefont-ttf",
     "fonts-urw-base35", "fonts-texgyre", "fonts-crosextra-caladea", "fonts-crosextra-carlito", "fonts-noto-core",
@@ -184,7 +186,7 @@ def icon_candidates(theme_dirs: Iterable[Path]) -> dict[str, list[tuple[str, Cal
 
 def load_icons(image_size: int, max_per_class: int | None) -> ClassBank:
     """Freedesktop icon themes: class = icon name (``folder``, ``edit-copy``) drawn by >= MIN_THEMES themes
-    of the 17, instance = one theme's drawing at one size. Themes not installed are
+    of the 21, instance = one theme's drawing at one size. Themes not installed are
     skipped; SourceUnavailable if none is."""
     dirs = []
     for package, folder in ICON_THEMES:

@@ -20,7 +20,7 @@ from pudnet.data.images import class_of, hidden
 from pudnet.data.tasks import ClassBank
 from pudnet.files import atomic_path
 
-CACHE_VERSION = 3  # part of every cache file name: bump it when to_rgb_array or a loader changes pixels
+CACHE_VERSION = 4  # part of every cache file name: bump it when to_rgb_array or a loader changes pixels
 _SYSTEM_ROOT = Path("/")  # where apt-get installs Debian packages' data
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 _OPENCLIPART_SKIP = ("special", "shapes", "unsorted", "computer/icons", "computer/buttons",
