@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw
 
 from pudnet.data.bank_sources import (FONT_PACKAGES, ICON_THEMES, SEED, SYMBOLS, SourceUnavailable, char_name,
                                       npm_dir)
-from pudnet.data.tasks import ClassBank, ClassSplit
+from pudnet.data.tasks import ClassBank, ClassSplit, class_source
 from pudnet.data.sources import SOURCES, cache_path, default_cache_dir, load_class_bank
 
 _FONTS = (FONT_PACKAGES, "OFL/GPL/LPPL/Apache per font package")  # every typeset source: the same fonts
@@ -59,7 +59,7 @@ def split_group(class_name: str) -> str:
     icon with the icons sharing its first name part (``folder``, ``folder-music`` -> ``icon:folder``); an emoji
     subgroup across emoji sources (``emoji/animal-bird``, ``emoji_sets/animal-bird`` -> ``emoji:animal-bird``).
     Any other class is its own group."""
-    source, _, name = class_name.partition("/")
+    source, name = class_source(class_name), class_name.partition("/")[2]
     if source in _TYPESET and name.startswith("U+"):
         char = chr(int(name[2:].split()[0], 16))
         parts = unicodedata.normalize("NFKD", char)
@@ -85,7 +85,7 @@ def split_classes_by_group(class_names: Sequence[str], heldout_sources: Sequence
     ``min_intra`` classes are held out. A group's fate depends only on its name and the seed, never on which
     other sources are present: adding the class bank keeps the default sources' held-out classes.
     ValueError if that would leave nothing to meta-train on."""
-    inter = sorted(n for n in class_names if n.split("/", 1)[0] in heldout_sources)
+    inter = sorted(n for n in class_names if class_source(n) in heldout_sources)
     rest = sorted(set(class_names) - set(inter))
     groups: dict[str, list[str]] = {}
     for name in rest:
