@@ -14,7 +14,7 @@ import ray
 
 from jobs.connect import ray_cluster
 from pudnet.data.sources import (CACHE_VERSION, SOURCES, SourceUnavailable, decode_labelled_images,
-                                 default_cache_dir, load_class_bank)
+                                 default_cache_dir, installed_packages, load_class_bank)
 from pudnet.data.images import class_of, hidden
 from pudnet.data.shards import (Manifest, bank_fingerprint, commit, new_parts_dir, pick_test_images, read_manifest,
                                 shard_path, shard_table, up_to_date, write_bank, write_table)
@@ -153,8 +153,9 @@ def embedded_root(data_dir: str, source: str, image_size: int, max_per_class: in
 
 
 def _embedded_fingerprint(source: str, image_size: int, max_per_class: int | None) -> dict:
+    """What an embedded source's shards are made from: the decoded cache's key and the installed packages."""
     return {"kind": "embedded", "source": source, "image_size": image_size, "max_per_class": max_per_class,
-            "cache_version": CACHE_VERSION}
+            "cache_version": CACHE_VERSION, "packages": installed_packages(source)}
 
 
 def _prepare_embedded_batch(batch: dict[str, np.ndarray], image_size: int, max_per_class: int | None,

@@ -86,3 +86,27 @@ def test_image_folder_cli_keeps_a_seeded_share_of_each_class_as_test_images(tmp_
     manifest = read_manifest(str(tmp_path / "out"))
     assert manifest.classes == ["pets/cat", "pets/dog"] and not manifest.skipped
     assert manifest.counts() == {"pets/cat": {"train": 6, "test": 2}, "pets/dog": {"train": 6, "test": 2}}
+
+
+def test_embedded_shards_are_written_again_when_the_source_packages_change(tmp_path, capsys):
+    """Shards record the source's installed packages; shards made from other versions (a theme installed or
+    upgraded since) are stale, as the decoded cache under them is."""
+    import json
+
+    from jobs.sharding import prepare_embedded
+    from pudnet.data.sources import installed_packages
+    packages = installed_packages("digits")
+    assert packages, "scikit-learn, the digits source's package, is installed by scripts/setup.sh"
+    roots, missing = prepare_embedded(["digits"], str(tmp_path), 8, 3)
+    assert missing == {} and read_manifest(roots["digits"]).fingerprint["packages"] == packages
+    manifest = tmp_path / os.path.basename(roots["digits"]) / "manifest.json"
+    first = json.loads(manifest.read_text())
+    first["fingerprint"]["packages"] = {name: "0.1" for name in packages}    # as if made from an older package
+    manifest.write_text(json.dumps(first))
+    capsys.readouterr()
+    prepare_embedded(["digits"], str(tmp_path), 8, 3)
+    assert "writing shards of ['digits']" in capsys.readouterr().out
+    again = read_manifest(roots["digits"])
+    assert again.fingerprint["packages"] == packages and again.files[0]["path"] != first["files"][0]["path"]
+    prepare_embedded(["digits"], str(tmp_path), 8, 3)
+    assert "writing shards" not in capsys.readouterr().out                  # up to date: nothing to do

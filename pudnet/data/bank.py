@@ -141,6 +141,12 @@ def provenance(source: str) -> dict:
     return {"domain": domain, "licence": licence, "packages": {p: package_version(p) for p in packages}}
 
 
+def installed_packages(source: str) -> dict[str, str]:
+    """{package: version} of the source's packages installed here: what its decoded cache and shards were made
+    from, so that installing, upgrading or removing one of them (another icon theme, say) makes them stale."""
+    return {p: v for p, v in provenance(source)["packages"].items() if v}
+
+
 def montage(bank: ClassBank, out: str | Path, classes: int = 24, per_class: int = 12, seed: int = SEED) -> Path:
     """A labelled grid: ``classes`` seeded-random classes as rows of ``per_class`` images, the name at left."""
     rng = np.random.default_rng(seed)

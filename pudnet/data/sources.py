@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import io
+import json
 import os
 import pickle
 import warnings
@@ -250,10 +251,22 @@ def cache_path(cache_dir: str | os.PathLike, source: str, image_size: int, max_p
     return Path(cache_dir) / f"{source}-{image_size}px-{max_per_class or 'all'}per-class-v{CACHE_VERSION}.npz"
 
 
-def _read_cache(path: Path) -> ClassBank | None:
-    """The cached bank, or None if absent or unreadable (then it is rebuilt and overwritten)."""
+def installed_packages(source: str) -> dict[str, str]:
+    """``pudnet.data.bank.installed_packages``, imported on use (that module imports this one)."""
+    from pudnet.data import bank
+    return bank.installed_packages(source)
+
+
+def _read_cache(path: Path, packages: dict[str, str]) -> ClassBank | None:
+    """The cached bank, or None if absent, unreadable, or made from other packages than ``packages`` (the
+    source's installed ones; then it is rebuilt and overwritten). With none installed, the cache is all there is."""
     try:
         with np.load(path, allow_pickle=False) as z:
+            made_from = json.loads(str(z["packages"])) if "packages" in z else None
+            if packages and made_from != packages:
+                warnings.warn(f"{path.name} was made from packages {made_from}, not the installed {packages}: "
+                              "rendering it again", stacklevel=3)
+                return None
             return ClassBank(z["images"], z["labels"], tuple(str(n) for n in z["class_names"]))
     except FileNotFoundError:
         return None
@@ -262,11 +275,12 @@ def _read_cache(path: Path) -> ClassBank | None:
         return None
 
 
-def _write_cache(path: Path, bank: ClassBank) -> None:
+def _write_cache(path: Path, bank: ClassBank, packages: dict[str, str]) -> None:
     """Write a temp file in the same folder, fsync, ``os.replace``: no crash leaves a file under the cache name."""
     # mode 0644: mkstemp's 0600 would hide a shared PUDNET_CACHE_DIR from other users
     with atomic_path(path, mode=0o644) as tmp, open(tmp, "wb") as f:
-        np.savez(f, images=bank.images, labels=bank.labels, class_names=np.array(bank.class_names))
+        np.savez(f, images=bank.images, labels=bank.labels, class_names=np.array(bank.class_names),
+                 packages=np.array(json.dumps(packages, sort_keys=True)))
         f.flush()
         os.fsync(f.fileno())
 
@@ -281,8 +295,9 @@ def load_class_bank(sources: Sequence[str], image_size: int, max_per_class: int 
     """Pool the available ``sources`` (keys of ``SOURCES``) into one bank, in the given order.
 
     Each source's decoded bank is cached as ``.npz`` per (source, image_size, max_per_class, CACHE_VERSION) in
-    ``cache_dir`` (default ``$PUDNET_CACHE_DIR``, else ``~/.cache/pudnet``); a cached source loads even if its
-    package is gone. Returns the bank and ``{absent source: reason naming the install command}``. Raises
+    ``cache_dir`` (default ``$PUDNET_CACHE_DIR``, else ``~/.cache/pudnet``), with the versions of the source's
+    packages it was made from: a cache made from other packages than those installed is rendered again, and
+    a cached source loads even if its packages are gone. Returns the bank and ``{absent source: reason naming the install command}``. Raises
     ValueError for unknown or repeated names or sizes < 1, SourceUnavailable if no source is available."""
     sources = list(sources)
     unknown = [s for s in sources if s not in SOURCES]
@@ -293,8 +308,8 @@ def load_class_bank(sources: Sequence[str], image_size: int, max_per_class: int 
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     banks, missing = [], {}
     for name in sources:
-        path = cache_path(cache_dir, name, image_size, max_per_class)
-        bank = _read_cache(path)
+        path, packages = cache_path(cache_dir, name, image_size, max_per_class), installed_packages(name)
+        bank = _read_cache(path, packages)
         if bank is None:
             try:
                 bank = SOURCES[name](image_size, max_per_class)
@@ -302,7 +317,7 @@ def load_class_bank(sources: Sequence[str], image_size: int, max_per_class: int 
                 missing[name] = str(e)
                 continue
             try:
-                _write_cache(path, bank)
+                _write_cache(path, bank, packages)
             except OSError as e:  # a read-only home must not stop training; it only costs the next load
                 warnings.warn(f"could not write cache {path}: {e!r}", stacklevel=2)
         banks.append(bank)

@@ -256,6 +256,38 @@ def test_corrupt_cache_is_rebuilt(tmp_path, monkeypatch):
     assert calls == [1]
 
 
+def test_cache_made_from_other_packages_is_rendered_again(tmp_path, monkeypatch):
+    calls = _counting_digits(monkeypatch)
+    installed = {"scikit-learn": "1.0"}
+    monkeypatch.setattr(sources, "installed_packages", lambda source: dict(installed))
+    load_class_bank(["digits"], 8, 2, cache_dir=tmp_path)
+    load_class_bank(["digits"], 8, 2, cache_dir=tmp_path)
+    assert calls == [1]                                       # same packages: the cache is used
+    installed["scikit-learn"] = "1.1"                         # upgraded (or a theme added) since the cache was made
+    with pytest.warns(UserWarning, match="made from packages"):
+        load_class_bank(["digits"], 8, 2, cache_dir=tmp_path)
+    assert calls == [1, 1]
+    load_class_bank(["digits"], 8, 2, cache_dir=tmp_path)
+    assert calls == [1, 1]                                    # the new cache records the new version
+    installed.clear()                                         # the package removed: the cache is all there is
+    bank, missing = load_class_bank(["digits"], 8, 2, cache_dir=tmp_path)
+    assert calls == [1, 1] and missing == {} and len(bank.labels) == 20
+
+
+def test_cache_without_a_packages_record_is_rendered_again_when_packages_are_installed(tmp_path, monkeypatch):
+    calls = _counting_digits(monkeypatch)
+    old = _fake_bank("digits", 8, 2)                          # a cache written before caches recorded packages
+    np.savez(cache_path(tmp_path, "digits", 8, 2), images=old.images, labels=old.labels,
+             class_names=np.array(old.class_names))
+    monkeypatch.setattr(sources, "installed_packages", lambda source: {})
+    load_class_bank(["digits"], 8, 2, cache_dir=tmp_path)
+    assert calls == []                                        # nothing installed to compare with: kept
+    monkeypatch.setattr(sources, "installed_packages", lambda source: {"scikit-learn": "1.0"})
+    with pytest.warns(UserWarning, match="made from packages None"):
+        load_class_bank(["digits"], 8, 2, cache_dir=tmp_path)
+    assert calls == [1]
+
+
 def test_cache_dir_defaults_to_env(tmp_path, monkeypatch):
     _counting_digits(monkeypatch)
     monkeypatch.setenv("PUDNET_CACHE_DIR", str(tmp_path))
