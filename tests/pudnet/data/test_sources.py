@@ -283,7 +283,7 @@ def test_cache_without_a_packages_record_is_rendered_again_when_packages_are_ins
     load_class_bank(["digits"], 8, 2, cache_dir=tmp_path)
     assert calls == []                                        # nothing installed to compare with: kept
     monkeypatch.setattr(sources, "installed_packages", lambda source: {"scikit-learn": "1.0"})
-    with pytest.warns(UserWarning, match="made from packages None"):
+    with pytest.warns(UserWarning, match="made before caches recorded their packages"):
         load_class_bank(["digits"], 8, 2, cache_dir=tmp_path)
     assert calls == [1]
 
