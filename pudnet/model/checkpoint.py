@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .config import PudNetConfig
@@ -90,11 +90,15 @@ def load(path: str | os.PathLike, device: torch.device | str | None = None) -> L
         path = path / WEIGHTS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no PudNet checkpoint at {path}")
-    with safe_open(str(path), framework="pt") as f:
-        metadata = dict(f.metadata() or {})
-        if metadata.get("format") != FORMAT:
-            raise ValueError(f"{path}: not a {FORMAT} file (format={metadata.get('format')!r})")
-        state = {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+            if metadata.get("format") != FORMAT:
+                raise ValueError(f"{path}: not a {FORMAT} file (format={metadata.get('format')!r})")
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except SafetensorError as e:   # another file given by mistake (a run's JSON, say), or a truncated one
+        raise ValueError(f"{path}: not a {FORMAT} file: not readable as safetensors ({e}); give a checkpoint "
+                         f"directory, its {WEIGHTS_FILE}, or a run directory") from None
     model = PudNet(PudNetConfig.from_json(metadata["pudnet_config"]))
     model.load_state_dict(state)
     split = ClassSplit.from_json(metadata["class_split"]) if "class_split" in metadata else None

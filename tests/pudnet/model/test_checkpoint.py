@@ -32,6 +32,12 @@ def test_load_rejects_missing_and_foreign_files(tmp_path):
     save_file({"x": torch.zeros(1)}, str(tmp_path / "model.safetensors"))
     with pytest.raises(ValueError, match="not a pudnet-checkpoint-1 file"):
         checkpoint.load(tmp_path)
+    (tmp_path / "checkpoint_manager_snapshot.json").write_text('{"not": "weights"}')   # a run's other files
+    with pytest.raises(ValueError, match="not readable as safetensors"):
+        checkpoint.load(tmp_path / "checkpoint_manager_snapshot.json")
+    (tmp_path / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":")   # truncated
+    with pytest.raises(ValueError, match="not readable as safetensors"):
+        checkpoint.load(tmp_path)
 
 
 def test_tiny_checkpoint_beats_chance_on_unseen_digits(tiny_checkpoint, pypi_bank):
