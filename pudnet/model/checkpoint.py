@@ -84,7 +84,8 @@ def parse_step(state: bytes) -> int:
 
 
 def load(path: str | os.PathLike, device: torch.device | str | None = None) -> LoadedCheckpoint:
-    """Rebuild a PudNet from a checkpoint directory or its ``model.safetensors`` file."""
+    """Rebuild a PudNet from a checkpoint directory or its ``model.safetensors`` file; FileNotFoundError if there
+    is none, ValueError naming the path if the file is not a PudNet checkpoint."""
     path = Path(path)
     if path.is_dir():
         path = path / WEIGHTS_FILE
@@ -98,7 +99,7 @@ def load(path: str | os.PathLike, device: torch.device | str | None = None) -> L
             state = {k: f.get_tensor(k) for k in f.keys()}
     except SafetensorError as e:   # another file given by mistake (a run's JSON, say), or a truncated one
         raise ValueError(f"{path}: not a {FORMAT} file: not readable as safetensors ({e}); give a checkpoint "
-                         f"directory, its {WEIGHTS_FILE}, or a run directory") from None
+                         f"directory or its {WEIGHTS_FILE}") from None
     model = PudNet(PudNetConfig.from_json(metadata["pudnet_config"]))
     model.load_state_dict(state)
     split = ClassSplit.from_json(metadata["class_split"]) if "class_split" in metadata else None
