@@ -15,7 +15,7 @@ import ray
 
 from jobs.connect import ray_cluster
 from pudnet.data.sources import (CACHE_VERSION, SOURCES, SourceUnavailable, decode_labelled_images,
-                                 default_cache_dir, installed_packages, load_class_bank)
+                                 default_cache_dir, installed_packages, load_class_bank, packages_current)
 from pudnet.data.images import class_of, hidden
 from pudnet.data.shards import (Manifest, bank_fingerprint, commit, new_parts_dir, pick_test_images, read_manifest,
                                 shard_path, shard_table, up_to_date, write_bank, write_table)
@@ -160,13 +160,13 @@ def _embedded_fingerprint(source: str, image_size: int, max_per_class: int | Non
 
 
 def _shards_current(manifest: Manifest | None, expected: dict) -> bool:
-    """Whether shards with ``manifest`` were made as ``expected`` says; with none of the source's packages
-    installed (``expected['packages']`` empty), shards made from any version are all there is and stay in use."""
+    """Whether shards with ``manifest`` were made as ``expected`` says, their packages by the decoded cache's
+    rule (``packages_current``: with none of the source's packages installed, any shards stay in use)."""
     if manifest is None:
         return False
-    if expected["packages"]:
-        return manifest.fingerprint == expected
-    return {**manifest.fingerprint, "packages": {}} == expected
+    made = manifest.fingerprint
+    return ({**made, "packages": None} == {**expected, "packages": None}
+            and packages_current(made.get("packages"), expected["packages"]))
 
 
 def _prepare_embedded_batch(batch: dict[str, np.ndarray], image_size: int, max_per_class: int | None,

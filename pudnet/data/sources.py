@@ -257,6 +257,12 @@ def installed_packages(source: str) -> dict[str, str]:
     return bank.installed_packages(source)
 
 
+def packages_current(made_from: dict[str, str] | None, installed: dict[str, str]) -> bool:
+    """The one rule for a source's caches and shards: current if made from the ``installed`` packages (None:
+    made before they were recorded), or made from anything when none is installed (then they are all there is)."""
+    return not installed or made_from == installed
+
+
 def _made_from(z: np.lib.npyio.NpzFile) -> dict[str, str] | None:
     """The package versions a cache was made from; None for a cache written before caches recorded them."""
     return json.loads(str(z["packages"])) if "packages" in z else None
@@ -267,7 +273,7 @@ def cache_is_current(path: Path, packages: dict[str, str]) -> bool:
     ``packages`` (the source's installed ones), or any readable cache when none is installed."""
     try:
         with np.load(path, allow_pickle=False) as z:
-            return not packages or _made_from(z) == packages
+            return packages_current(_made_from(z), packages)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return False
 
@@ -278,7 +284,7 @@ def _read_cache(path: Path, packages: dict[str, str]) -> ClassBank | None:
     try:
         with np.load(path, allow_pickle=False) as z:
             made_from = _made_from(z)
-            if packages and made_from != packages:
+            if not packages_current(made_from, packages):
                 was = "before caches recorded their packages" if made_from is None else f"from packages {made_from}"
                 warnings.warn(f"{path.name} was made {was}, not from the installed {packages}: rendering it again",
                               stacklevel=3)
