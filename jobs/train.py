@@ -299,7 +299,9 @@ def fit(cfg: TrainConfig, roots: list[str], split: ClassSplit, classes: list[str
         run_config=ray.train.RunConfig(name=cfg.name, storage_path=cfg.storage_path,
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.num_to_keep),
                                        failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures)),
-        datasets={"train": functools.partial(make_stream, cfg, roots, classes, run_dir)})
+        datasets={"train": functools.partial(make_stream, cfg, roots, classes, run_dir)},
+        # tasks reach the workers in step order, whichever actor built them first: a run repeats to the bit
+        dataset_config=ray.train.DataConfig(execution_options=ray.data.ExecutionOptions(preserve_order=True)))
     return trainer.fit()
 
 

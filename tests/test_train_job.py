@@ -184,6 +184,16 @@ def test_a_restarted_run_continues_from_its_checkpoint(restarted_run):
 
 
 @integration
+def test_a_second_run_with_the_same_settings_repeats_the_first_to_the_bit(restarted_run, tmp_path, data_dir):
+    """The stream keeps step order (jobs/train.fit), so tables and ablations repeat instead of drifting."""
+    _, first, _ = restarted_run
+    run(tmp_path, data_dir, "steps=4", "name=again")
+    saved = [[r["weights"] for r in log if "weights" in r and "event" not in r]
+             for log in (first, records(tmp_path / "again"))]
+    assert len(saved[0]) == 2 and saved[1] == saved[0]                          # steps 2 and 4, both ranks
+
+
+@integration
 def test_a_worker_failure_is_survived_from_the_last_checkpoint(restarted_run):
     path, _, log = restarted_run
     starts = [r for r in log if r.get("event") == "start"]
