@@ -300,7 +300,8 @@ def fit(cfg: TrainConfig, roots: list[str], split: ClassSplit, classes: list[str
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.num_to_keep),
                                        failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures)),
         datasets={"train": functools.partial(make_stream, cfg, roots, classes, run_dir)},
-        # tasks reach the workers in step order, whichever actor built them first: a run repeats to the bit
+        # which worker trains on which task no longer depends on timing or on where blocks lie: a run repeats
+        # to the bit (tests/test_train_job.py); on several nodes the split then ignores block locality
         dataset_config=ray.train.DataConfig(execution_options=ray.data.ExecutionOptions(preserve_order=True)))
     return trainer.fit()
 

@@ -1,5 +1,5 @@
 """jobs/train.py: its config, then real Ray runs on 2 CPUs (end to end, `ray job submit`, DDP on 2 nodes,
-resume, a failed worker, the stream). Ray tests share one simulated 2-node cluster, started after the
+resume, a failed worker, a run that repeats, the stream). Ray tests share one simulated 2-node cluster, started after the
 subprocess tests so that no two clusters run at once."""
 import json
 import os
@@ -185,7 +185,8 @@ def test_a_restarted_run_continues_from_its_checkpoint(restarted_run):
 
 @integration
 def test_a_second_run_with_the_same_settings_repeats_the_first_to_the_bit(restarted_run, tmp_path, data_dir):
-    """The stream keeps step order (jobs/train.fit), so tables and ablations repeat instead of drifting."""
+    """The stream keeps step order (jobs/train.fit), so the main job's tables repeat instead of drifting. Without
+    it, runs differed by timing, so this could pass by luck then; it failed twice in two tries."""
     _, first, _ = restarted_run
     run(tmp_path, data_dir, "steps=4", "name=again")
     saved = [[r["weights"] for r in log if "weights" in r and "event" not in r]
