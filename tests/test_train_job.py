@@ -1,6 +1,6 @@
 """jobs/train.py: its config, then real Ray runs on 2 CPUs (end to end, `ray job submit`, DDP on 2 nodes,
-resume, a failed worker, a run that repeats, the stream). Ray tests share one simulated 2-node cluster, started after the
-subprocess tests so that no two clusters run at once."""
+resume, a failed worker, a run that repeats, the stream). Ray tests share one simulated 2-node cluster,
+started after the subprocess tests so that no two clusters run at once."""
 import json
 import os
 import re
@@ -73,6 +73,11 @@ def data_dir(tmp_path_factory):
 
 def records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines()]
+
+
+def checkpointed(log: list[dict]) -> list[dict]:
+    """The records of saved checkpoints: they carry each rank's weight digest (a start record carries one)."""
+    return [r for r in log if "weights" in r and "event" not in r]
 
 
 @integration
@@ -160,7 +165,7 @@ def test_two_workers_on_two_nodes_train_with_ddp_and_hold_identical_weights(clus
     run(tmp_path, data_dir, "steps=4", "name=ddp", "placement_strategy=STRICT_SPREAD")
     log = records(tmp_path / "ddp")
     assert len(set(log[0]["nodes"])) == 2                                       # one worker per node
-    saved = [r for r in log if "weights" in r and "event" not in r]
+    saved = checkpointed(log)
     assert [r["step"] for r in saved] == [2, 4]
     assert all(len(r["weights"]) == 2 and len(set(r["weights"])) == 1 for r in saved)   # ranks agree
     assert saved[-1]["weights"][0] != log[0]["weights"]                         # and they did train
@@ -189,8 +194,7 @@ def test_a_second_run_with_the_same_settings_repeats_the_first_to_the_bit(restar
     it, runs differed by timing, so this could pass by luck then; it failed twice in two tries."""
     _, first, _ = restarted_run
     run(tmp_path, data_dir, "steps=4", "name=again")
-    saved = [[r["weights"] for r in log if "weights" in r and "event" not in r]
-             for log in (first, records(tmp_path / "again"))]
+    saved = [[r["weights"] for r in checkpointed(log)] for log in (first, records(tmp_path / "again"))]
     assert len(saved[0]) == 2 and saved[1] == saved[0]                          # steps 2 and 4, both ranks
 
 

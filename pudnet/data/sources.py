@@ -268,13 +268,16 @@ def _made_from(z: np.lib.npyio.NpzFile) -> dict[str, str] | None:
     return json.loads(str(z["packages"])) if "packages" in z else None
 
 
+_UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)   # what np.load raises on a damaged npz
+
+
 def cache_is_current(path: Path, packages: dict[str, str]) -> bool:
     """Whether :func:`load_class_bank` would use the cache at ``path`` as it is: readable, and made from
     ``packages`` (the source's installed ones), or any readable cache when none is installed."""
     try:
         with np.load(path, allow_pickle=False) as z:
             return packages_current(_made_from(z), packages)
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+    except _UNREADABLE:
         return False
 
 
@@ -292,7 +295,7 @@ def _read_cache(path: Path, packages: dict[str, str]) -> ClassBank | None:
             return ClassBank(z["images"], z["labels"], tuple(str(n) for n in z["class_names"]))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+    except _UNREADABLE as e:
         warnings.warn(f"ignoring unreadable cache {path}: {e!r}", stacklevel=3)
         return None
 
