@@ -1,6 +1,6 @@
 """jobs/train.py: its config, then real Ray runs on 2 CPUs (end to end, `ray job submit`, DDP on 2 nodes,
-resume, a failed worker, a run that repeats, the stream). Ray tests share one simulated 2-node cluster,
-started after the subprocess tests so that no two clusters run at once."""
+resume, a failed worker, a crash that costs nothing, a run that repeats, the stream). Ray tests share one
+simulated 2-node cluster, started after the subprocess tests so that no two clusters run at once."""
 import json
 import os
 import re
@@ -196,6 +196,18 @@ def test_a_second_run_with_the_same_settings_repeats_the_first_to_the_bit(restar
     run(tmp_path, data_dir, "steps=4", "name=again")
     saved = [[r["weights"] for r in checkpointed(log)] for log in (first, records(tmp_path / "again"))]
     assert len(saved[0]) == 2 and saved[1] == saved[0]                          # steps 2 and 4, both ranks
+
+
+@integration
+def test_a_run_that_crashes_ends_with_the_weights_of_one_that_does_not(restarted_run, tmp_path, data_dir):
+    """Nothing is lost on a crash: a worker raising at step 3 sends the run back to its step-2 checkpoint, and
+    the replayed steps (the same tasks, optimiser and schedule) end at the uninterrupted run's weights."""
+    _, first, _ = restarted_run
+    run(tmp_path, data_dir, "steps=4", "name=crash", "fail_at_step=3", "max_failures=1")
+    log = records(tmp_path / "crash")
+    assert (tmp_path / "crash" / "injected-failure-3").exists()
+    assert [s["step"] for s in log if s.get("event") == "start"] == [0, 2]       # it did crash and resume
+    assert checkpointed(log)[-1]["weights"] == checkpointed(first)[-1]["weights"]  # step 4, both ranks
 
 
 @integration
