@@ -202,7 +202,7 @@ def training_data(cfg: TrainConfig) -> tuple[TrainConfig, list[str], ClassSplit,
     classes, small = trainable_classes(catalog, split.meta_train, need)
     print(f"classes: {len(split.meta_train)} meta-train ({len(small)} with < {need} train images "
           f"left out), {len(split.intra_test)} intra-test, {len(split.inter_test)} inter-test", flush=True)
-    return cfg, roots, split, classes
+    return dataclasses.replace(cfg, model=recipe.with_aux_classes(cfg.model, classes)), roots, split, classes
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -215,6 +215,7 @@ def train_loop_per_worker(config: dict) -> None:
     model = ray.train.torch.prepare_model(net)          # DDP (gloo on CPU, NCCL on GPU); net moves to `device`
     optimizer, scheduler = recipe.optimizer_and_schedule(net, cfg)    # the recipe bench/ runs in-process too
     step = train_state.restore(ray.train.get_checkpoint(), net, optimizer, scheduler, split)
+    class_ids = recipe.class_ids(cfg.model, config["classes"])
     autocast = functools.partial(torch.autocast, device.type, torch.bfloat16, enabled=cfg.use_gpu)
     val = validation_episodes(cfg, roots, split, net) if rank == 0 else []
     run_dir = join(cfg.storage_path, cfg.name)
@@ -227,9 +228,9 @@ def train_loop_per_worker(config: dict) -> None:
         tick = time.perf_counter()
         batch = next(batches)
         tock = time.perf_counter()
+        episodes = [Episode.from_subdataset(s, net, class_ids) for s in subdatasets(batch)]
         with autocast():
-            loss, acc = train_step(model, optimizer, [Episode.from_subdataset(s, net) for s in subdatasets(batch)],
-                                   cfg.grad_clip)
+            loss, acc = train_step(model, optimizer, episodes, cfg.grad_clip)
         scheduler.step()
         step += 1
         window.add(loss, acc, tock - tick, time.perf_counter() - tock)
@@ -289,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
 def fit(cfg: TrainConfig, roots: list[str], split: ClassSplit, classes: list[str]) -> ray.train.Result:
     """Meta-train on the connected cluster; returns Ray Train's result."""
     ray.data.DataContext.get_current().enable_progress_bars = False   # the driver's RunProgress is the one display
-    config = {"cfg": dataclasses.asdict(cfg), "split": split.to_json(), "roots": roots}
+    config = {"cfg": dataclasses.asdict(cfg), "split": split.to_json(), "roots": roots, "classes": classes}
     run_dir = join(cfg.storage_path, cfg.name)
     trainer = ray.train.torch.TorchTrainer(
         train_loop_per_worker, train_loop_config=config,

@@ -38,6 +38,9 @@ class PudNetConfig:
     conditioning: str = "none"          # "activations": gated FiLM of every BatchNorm affine from the support
                                         # activations entering it (pudnet.model.conditioning); "none": sketch only
     gate_penalty: float = 1e-3          # L2 penalty on those gates (TADAM)
+    aux_weight: float = 0.0             # > 0: auxiliary co-training (TADAM): a linear classifier over all meta-train
+                                        # classes on the generated body's query features, its loss times this
+    aux_classes: int = 0                # its class count: jobs/train.py sets it to the meta-train classes
     refine_steps: int = 0               # > 0: that many learned, normalised gradient steps on the generated body
                                         # by its split-half ridge loss on the support set (pudnet.model.refine)
     refine_per_class: int = 32          # the refinement reads at most this many support images per class
@@ -55,6 +58,8 @@ class PudNetConfig:
             raise ValueError(f"arch={self.arch!r}: expected one of {ARCHITECTURES}")
         if self.conditioning not in CONDITIONINGS:
             raise ValueError(f"conditioning={self.conditioning!r}: expected one of {CONDITIONINGS}")
+        if self.aux_weight < 0 or self.aux_classes < 0:
+            raise ValueError(f"aux_weight={self.aux_weight}, aux_classes={self.aux_classes}: expected >= 0")
         if self.gate_penalty < 0:
             raise ValueError(f"gate_penalty={self.gate_penalty}: expected >= 0")
         if self.refine_steps < 0:

@@ -160,6 +160,9 @@ class PudNet(nn.Module):
             names = [f"{layer.name}.{p}" for layer in spec.body if f"{layer.name}.".startswith(refined)
                      for p in ("weight", "bias")[:1 + (layer.kind == "norm")]]
             self.refine = BodyRefinement(names, cfg.refine_steps, cfg.refine_alpha_init, cfg.refine_alpha_min)
+        if cfg.aux_weight and cfg.aux_classes:   # training only: a prediction never reads it
+            self.aux_head = nn.Linear(spec.feature_dim, cfg.aux_classes)
+            nn.init.zeros_(self.aux_head.weight), nn.init.zeros_(self.aux_head.bias)   # no noise into the body at first
         if cfg.head == "ridge":       # lambda relative to the features' spread, and the logits' scale, learned
             self.log_lambda = nn.Parameter(torch.tensor(0.0))
             self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))

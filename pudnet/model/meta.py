@@ -20,22 +20,38 @@ class Episode:
     query_x: torch.Tensor     # (K*Q, 3, R, R)
     query_y: torch.Tensor     # (K*Q,)
     num_classes: int
+    query_class: torch.Tensor | None = None   # (K*Q,) meta-train class ids for the auxiliary loss, -1 for none
 
     @classmethod
-    def from_subdataset(cls, sub: SubDataset, model: PudNet) -> "Episode":
+    def from_subdataset(cls, sub: SubDataset, model: PudNet, class_ids: dict[str, int] | None = None) -> "Episode":
+        """``class_ids`` (name -> position among the meta-train classes) labels the query images for the
+        auxiliary loss; classes it lacks (the stream's rotated or inverted pseudo-classes) get -1."""
         device = next(model.parameters()).device
         cfg = model.cfg
+        query_class = None
+        if class_ids is not None:
+            ids = torch.tensor([class_ids.get(name, -1) for name in sub.class_names])
+            query_class = ids[torch.from_numpy(sub.query_y)].to(device)
         return cls(*sub.tensors("support", cfg.mean, cfg.std, device), *sub.tensors("query", cfg.mean, cfg.std, device),
-                   sub.num_classes)
+                   sub.num_classes, query_class)
 
 
 def episode_loss(model: PudNet, ep: Episode) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy and accuracy on the query set of the target generated from the support set."""
+    """Cross-entropy and accuracy on the query set of the target generated from the support set, plus, with
+    ``cfg.aux_weight``, the auxiliary loss: every meta-train class's logit from the same query features."""
     weights = model(ep.support_x, ep.support_y, ep.num_classes)
-    target = getattr(model, "module", model).target                  # through a DistributedDataParallel wrapper
-    logits = target(weights, ep.query_x)                             # (K*Q, K)
+    net = getattr(model, "module", model)                            # through a DistributedDataParallel wrapper
+    head = net.target.spec.head.name
+    features = net.target.features(weights, ep.query_x)              # (K*Q, F): one pass for both losses
+    logits = F.linear(features, weights[f"{head}.weight"], weights.get(f"{head}.bias"))   # (K*Q, K)
     loss = F.cross_entropy(logits, ep.query_y)
     accuracy = (logits.argmax(1) == ep.query_y).float().mean()
+    if hasattr(net, "aux_head") and ep.query_class is not None:
+        known = ep.query_class >= 0
+        aux = net.aux_head(features[known])
+        # no known class: an empty sum, so every parameter still gets a gradient (DDP expects one)
+        aux_loss = F.cross_entropy(aux, ep.query_class[known]) if known.any() else aux.sum()
+        loss = loss + net.cfg.aux_weight * aux_loss
     return loss, accuracy.detach()
 
 

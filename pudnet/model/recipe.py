@@ -6,8 +6,10 @@ trains exactly as the job does.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
+from typing import Sequence
 
 import torch
 
@@ -15,6 +17,7 @@ from pudnet.data.augment import Augmentation
 from pudnet.data.stream import step_tasks
 from pudnet.data.tasks import ClassDraw, SubDataset, SubDatasetSampler
 from .meta import Episode, train_step
+from .config import PudNetConfig
 from .hypernetwork import PudNet
 
 BASE_PARAMETERS = (".base", ".u", ".v")   # the generators' learned kernels, not generated from the data
@@ -43,6 +46,16 @@ def optimizer_and_schedule(net: PudNet, cfg) -> tuple[torch.optim.Optimizer, tor
     return optimizer, schedule
 
 
+def with_aux_classes(model: PudNetConfig, classes: Sequence[str]) -> PudNetConfig:
+    """``model`` with its auxiliary classifier sized to the meta-train ``classes`` (unchanged without one)."""
+    return dataclasses.replace(model, aux_classes=len(classes)) if model.aux_weight else model
+
+
+def class_ids(model: PudNetConfig, classes: Sequence[str]) -> dict[str, int] | None:
+    """Each meta-train class's row in the auxiliary classifier, or None when ``model`` has none."""
+    return {name: i for i, name in enumerate(classes)} if model.aux_weight else None
+
+
 def local_tasks(cfg, sampler: SubDatasetSampler, step: int) -> list[SubDataset]:
     """Step ``step``'s tasks as the training stream (one worker) builds them, ``pudnet.data.stream.step_tasks``:
     the same indices, (K, S) and seeded augmentation, with images from ``sampler`` instead of the shards."""
@@ -60,13 +73,15 @@ def local_tasks(cfg, sampler: SubDatasetSampler, step: int) -> list[SubDataset]:
 def meta_train_local(cfg, sampler: SubDatasetSampler, log_every: int = 0) -> PudNet:
     """``jobs/train.py``'s recipe in one process without Ray: same model, optimiser, schedule, task shapes,
     augmentation, accumulation and clipping; tasks come from ``sampler`` instead of the shard stream."""
+    model = with_aux_classes(cfg.model, sampler.classes)
+    ids = class_ids(model, sampler.classes)
     torch.manual_seed(cfg.seed)
-    net = PudNet(cfg.model)
+    net = PudNet(model)
     optimizer, schedule = optimizer_and_schedule(net, cfg)
     start = time.perf_counter()
     for step in range(cfg.steps):
         tasks = local_tasks(cfg, sampler, step)
-        loss, acc = train_step(net, optimizer, [Episode.from_subdataset(t, net) for t in tasks], cfg.grad_clip)
+        loss, acc = train_step(net, optimizer, [Episode.from_subdataset(t, net, ids) for t in tasks], cfg.grad_clip)
         schedule.step()
         if log_every and (step + 1) % log_every == 0:
             print(f"step {step + 1}/{cfg.steps} loss {loss:.3f} acc {acc:.3f} "

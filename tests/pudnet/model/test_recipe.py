@@ -1,13 +1,17 @@
-"""The meta-training recipe (pudnet.model.recipe): the optimiser's resume contract and the in-process tasks."""
+"""The meta-training recipe (pudnet.model.recipe): the optimiser's resume contract, the in-process tasks and the
+auxiliary co-training on the meta-train classes."""
 import types
 
+import dataclasses
+
 import numpy as np
+import pytest
 import torch
 
 from pudnet import PudNet, PudNetConfig
 from pudnet.data.tasks import ClassBank, SubDatasetSampler, task_shape
-from pudnet.model.meta import Episode, train_step
-from pudnet.model.recipe import local_tasks, optimizer_and_schedule
+from pudnet.model.meta import Episode, episode_loss, train_step
+from pudnet.model.recipe import class_ids, local_tasks, meta_train_local, optimizer_and_schedule, with_aux_classes
 
 SMALL = dict(target_kwargs={"depth": 2, "width": 16}, encoder_width=8, hidden=16, layer_embedding=8, max_classes=6)
 
@@ -54,3 +58,45 @@ def test_local_tasks_share_the_first_task_shape_of_their_step_like_the_stream():
         assert all("@" in name for t in tasks for name in t.class_names)      # augmented, every class
         again = local_tasks(cfg, sampler, step)
         assert all(np.array_equal(a.support_x, b.support_x) for a, b in zip(tasks, again))
+
+
+def test_auxiliary_labels_name_meta_train_classes_and_skip_pseudo_classes():
+    classes = [f"a/{c}" for c in range(6)]
+    net = PudNet(with_aux_classes(PudNetConfig(**SMALL, aux_weight=0.5), classes))
+    assert net.aux_head.out_features == 6 and class_ids(PudNetConfig(**SMALL), classes) is None
+    task = SubDatasetSampler(bank(), classes, seed=0).sample(0, 3, 2, 2)
+    task = dataclasses.replace(task, class_names=(task.class_names[0] + "@rot90", *task.class_names[1:]))
+    ep = Episode.from_subdataset(task, net, class_ids(net.cfg, classes))
+    expected = [-1] + [classes.index(name) for name in task.class_names[1:]]
+    assert ep.query_class.tolist() == np.repeat(expected, 2).tolist()
+
+
+def test_the_auxiliary_loss_adds_to_the_episode_loss_and_trains_its_classifier():
+    classes = [f"a/{c}" for c in range(6)]
+    task = SubDatasetSampler(bank(), classes, seed=0).sample(0, 3, 2, 2)
+    losses = {}
+    for weight in (0.0, 0.5):
+        torch.manual_seed(0)
+        net = PudNet(with_aux_classes(PudNetConfig(**SMALL, aux_weight=weight), classes))
+        losses[weight], _ = episode_loss(net, Episode.from_subdataset(task, net, class_ids(net.cfg, classes)))
+    # the same network but for a classifier that starts at zero: it adds 0.5 * ln 6, chance over the 6 classes
+    assert abs(losses[0.5].item() - losses[0.0].item() - 0.5 * np.log(6)) < 1e-5
+    losses[0.5].backward()
+    assert net.aux_head.weight.grad.abs().sum() > 0
+    only_pseudo = dataclasses.replace(task, class_names=tuple(f"{n}@rot90" for n in task.class_names))
+    net.zero_grad()
+    loss, _ = episode_loss(net, Episode.from_subdataset(only_pseudo, net, class_ids(net.cfg, classes)))
+    loss.backward()                                  # no labelled query: finite, and every parameter has a gradient
+    assert torch.isfinite(loss) and net.aux_head.weight.grad is not None and not net.aux_head.weight.grad.any()
+
+
+def test_in_process_meta_training_sizes_the_auxiliary_classifier_to_its_classes():
+    classes = [f"a/{c}" for c in range(6)]
+    cfg = recipe(steps=2, tasks_per_step=1, model=PudNetConfig(**SMALL, aux_weight=0.5), grad_clip=1.0)
+    net = meta_train_local(cfg, SubDatasetSampler(bank(), classes, seed=0))
+    assert net.cfg.aux_classes == 6 and net.aux_head.weight.shape == (6, net.target.spec.feature_dim)
+
+
+def test_negative_auxiliary_settings_are_refused():
+    with pytest.raises(ValueError, match="aux_weight"):
+        PudNetConfig(**SMALL, aux_weight=-1.0)
