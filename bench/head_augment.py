@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from pathlib import Path
 
 import torch
@@ -56,6 +57,8 @@ def main(argv: list[str] | None = None) -> dict:
     evaluator = Evaluator(model, cfg.whole.sgd, cfg.seed, cfg.max_stats_images)
     tasks = read_whole_tasks(record.roots, record.split, tuple(args.shots), cfg.whole.classes, model.cfg.max_classes,
                              args.seed, cfg.whole.max_per_class or None, cfg.whole.val_fraction)
+    offsets = torch.randint(-MAX_SHIFT, MAX_SHIFT + 1, (max(COPIES), 2),
+                            generator=torch.Generator().manual_seed(args.seed)).tolist()   # (dy, dx) per copy
     rows = []
     for (name, shots), (task, _) in tasks.items():
         (sx, sy), _, (tx, ty) = evaluator.tensors(task)
@@ -71,27 +74,26 @@ def main(argv: list[str] | None = None) -> dict:
                 w, b = moments.ridge(model.log_lambda, model.log_scale.exp(), test.dtype)
                 return float(((test @ w.t() + b).argmax(1) == ty).float().mean())
 
-            offsets = torch.randint(-MAX_SHIFT, MAX_SHIFT + 1, (max(COPIES), 2),
-                                    generator=torch.Generator().manual_seed(args.seed)).tolist()
             row = {"task": name, "shots": shots_label(shots), "support_images": len(sy),
                    "pudnet": evaluator.accuracy(weights, tx, ty), "refit": refit(sx),
-                   "mirrored": refit(sx, sx.flip(-1)), "offsets": offsets,
+                   "mirrored": refit(sx, sx.flip(-1)),
                    **{f"shifted_{n}": refit(sx, *(shifted(sx, dy, dx) for dy, dx in offsets[:n])) for n in COPIES}}
         rows.append(row)
         print(f"[head_augment] {json.dumps(row)}", flush=True)
     args.out.with_suffix(".json").write_text(json.dumps({"command": command, "checkpoint": record.path,
-                                                         "rows": rows}, indent=1))
-    args.out.write_text(table(rows, command, record.path))
+                                                         "offsets": offsets, "rows": rows}, indent=1))
+    args.out.write_text(table(rows, command, record.path, offsets))
     print(args.out.read_text())
     return {"rows": rows}
 
 
-def table(rows: list[dict], command: str, checkpoint: str) -> str:
+def table(rows: list[dict], command: str, checkpoint: str, offsets: list[list[int]]) -> str:
     pct = lambda a: f"{100 * a:.1f}"
-    lines = ["# Does the ridge head gain from augmented support images? (issue 9)", "", f"`{command}`", "",
-             f"Checkpoint: `{checkpoint}`. Test accuracy (%) on the whole-dataset protocol's tasks. Every column but "
+    about = (f"Checkpoint: `{checkpoint}`. Test accuracy (%) on the whole-dataset protocol's tasks. Every column but "
              "the first refits only the ridge head (meta-trained lambda) on the same generated body; the shifted "
-             f"copies move the support set by the seeded offsets {rows[0]['offsets']} (dy, dx), in that order.", "",
+             f"copies move the support set by the seeded offsets {offsets} (dy, dx), in that order.")
+    lines = ["# Does the ridge head gain from augmented support images? (issue 9)", "", f"`{command}`", "",
+             *textwrap.wrap(about, 115, break_long_words=False, break_on_hyphens=False), "",
              "| task | S | PudNet prediction | refit on the support set | + mirrored copy | "
              + " | ".join(f"+ {n} shifted {'copy' if n == 1 else 'copies'}" for n in COPIES) + " |",
              "|---|---|---|---|---|" + "---|" * len(COPIES)]

@@ -162,7 +162,8 @@ def run(tmp_path, data_dir, *overrides):
 
 @integration
 def test_two_workers_on_two_nodes_train_with_ddp_and_hold_identical_weights(cluster, tmp_path, data_dir):
-    run(tmp_path, data_dir, "steps=4", "name=ddp", "placement_strategy=STRICT_SPREAD")
+    # with the auxiliary classifier: a parameter used outside DDP's forward must still be synchronised
+    run(tmp_path, data_dir, "steps=4", "name=ddp", "placement_strategy=STRICT_SPREAD", "model.aux_weight=0.1")
     log = records(tmp_path / "ddp")
     assert len(set(log[0]["nodes"])) == 2                                       # one worker per node
     saved = checkpointed(log)

@@ -160,9 +160,6 @@ class PudNet(nn.Module):
             names = [f"{layer.name}.{p}" for layer in spec.body if f"{layer.name}.".startswith(refined)
                      for p in ("weight", "bias")[:1 + (layer.kind == "norm")]]
             self.refine = BodyRefinement(names, cfg.refine_steps, cfg.refine_alpha_init, cfg.refine_alpha_min)
-        if cfg.aux_weight and cfg.aux_classes:   # training only: a prediction never reads it
-            self.aux_head = nn.Linear(spec.feature_dim, cfg.aux_classes)
-            nn.init.zeros_(self.aux_head.weight), nn.init.zeros_(self.aux_head.bias)   # no noise into the body at first
         if cfg.head == "ridge":       # lambda relative to the features' spread, and the logits' scale, learned
             self.log_lambda = nn.Parameter(torch.tensor(0.0))
             self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
@@ -171,6 +168,12 @@ class PudNet(nn.Module):
         else:
             self.head_rows = nn.Sequential(nn.Linear(2 * cfg.hidden, cfg.hidden), nn.ReLU(),
                                            nn.Linear(cfg.hidden, spec.feature_dim + 1))
+        if cfg.aux_weight:   # training only, built last so every other initial weight is as without it
+            if not cfg.aux_classes:
+                raise ValueError("model.aux_weight > 0 needs model.aux_classes, the meta-train class count "
+                                 "(jobs/train.py and pudnet.model.recipe.meta_train_local set it)")
+            self.aux_head = nn.Linear(spec.feature_dim, cfg.aux_classes)
+            nn.init.zeros_(self.aux_head.weight), nn.init.zeros_(self.aux_head.bias)   # no noise into the body at first
 
     def chunk_images(self, memory_mb: int | None = None) -> int:
         """How many images one chunk of the support pass holds under ``memory_mb`` (default cfg.memory_mb)."""

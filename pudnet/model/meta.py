@@ -43,15 +43,14 @@ def episode_loss(model: PudNet, ep: Episode) -> tuple[torch.Tensor, torch.Tensor
     net = getattr(model, "module", model)                            # through a DistributedDataParallel wrapper
     head = net.target.spec.head.name
     features = net.target.features(weights, ep.query_x)              # (K*Q, F): one pass for both losses
-    logits = F.linear(features, weights[f"{head}.weight"], weights.get(f"{head}.bias"))   # (K*Q, K)
+    logits = F.linear(features, weights[f"{head}.weight"], weights[f"{head}.bias"])   # (K*Q, K)
     loss = F.cross_entropy(logits, ep.query_y)
     accuracy = (logits.argmax(1) == ep.query_y).float().mean()
     if hasattr(net, "aux_head") and ep.query_class is not None:
-        known = ep.query_class >= 0
-        aux = net.aux_head(features[known])
-        # no known class: an empty sum, so every parameter still gets a gradient (DDP expects one)
-        aux_loss = F.cross_entropy(aux, ep.query_class[known]) if known.any() else aux.sum()
-        loss = loss + net.cfg.aux_weight * aux_loss
+        # the mean over labelled images; with none it is 0 and still reaches every parameter (DDP expects that),
+        # without a branch on the device's values
+        aux = F.cross_entropy(net.aux_head(features), ep.query_class, ignore_index=-1, reduction="sum")
+        loss = loss + net.cfg.aux_weight * aux / (ep.query_class >= 0).sum().clamp_min(1)
     return loss, accuracy.detach()
 
 

@@ -16,9 +16,9 @@ import torch
 from pudnet.data.augment import Augmentation
 from pudnet.data.stream import step_tasks
 from pudnet.data.tasks import ClassDraw, SubDataset, SubDatasetSampler
-from .meta import Episode, train_step
 from .config import PudNetConfig
 from .hypernetwork import PudNet
+from .meta import Episode, train_step
 
 BASE_PARAMETERS = (".base", ".u", ".v")   # the generators' learned kernels, not generated from the data
 

@@ -1,12 +1,12 @@
 """The meta-training recipe (pudnet.model.recipe): the optimiser's resume contract, the in-process tasks and the
 auxiliary co-training on the meta-train classes."""
-import types
-
 import dataclasses
+import types
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pudnet import PudNet, PudNetConfig
 from pudnet.data.tasks import ClassBank, SubDatasetSampler, task_shape
@@ -97,6 +97,19 @@ def test_in_process_meta_training_sizes_the_auxiliary_classifier_to_its_classes(
     assert net.cfg.aux_classes == 6 and net.aux_head.weight.shape == (6, net.target.spec.feature_dim)
 
 
-def test_negative_auxiliary_settings_are_refused():
+def test_negative_or_unsized_auxiliary_settings_are_refused():
     with pytest.raises(ValueError, match="aux_weight"):
         PudNetConfig(**SMALL, aux_weight=-1.0)
+    with pytest.raises(ValueError, match="aux_classes"):
+        PudNet(PudNetConfig(**SMALL, aux_weight=0.5))
+
+
+def test_without_the_auxiliary_loss_the_episode_loss_is_the_generated_targets_query_loss():
+    """The loss reads the query features once for both losses; alone it must be the target's own cross-entropy."""
+    torch.manual_seed(0)
+    net = PudNet(PudNetConfig(**SMALL))
+    ep = Episode.from_subdataset(SubDatasetSampler(bank(), [f"a/{c}" for c in range(6)], seed=0).sample(0, 3, 2, 2), net)
+    loss, accuracy = episode_loss(net, ep)
+    logits = net.target(net(ep.support_x, ep.support_y, ep.num_classes), ep.query_x)
+    assert torch.equal(loss, F.cross_entropy(logits, ep.query_y))
+    assert accuracy.item() == (logits.argmax(1) == ep.query_y).float().mean().item()
