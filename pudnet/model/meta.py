@@ -28,12 +28,11 @@ class Episode:
         auxiliary loss; classes it lacks (the stream's rotated or inverted pseudo-classes) get -1."""
         device = next(model.parameters()).device
         cfg = model.cfg
+        query_x, query_y = sub.tensors("query", cfg.mean, cfg.std, device)
         query_class = None
         if class_ids is not None:
-            ids = torch.tensor([class_ids.get(name, -1) for name in sub.class_names])
-            query_class = ids[torch.from_numpy(sub.query_y)].to(device)
-        return cls(*sub.tensors("support", cfg.mean, cfg.std, device), *sub.tensors("query", cfg.mean, cfg.std, device),
-                   sub.num_classes, query_class)
+            query_class = torch.tensor([class_ids.get(name, -1) for name in sub.class_names], device=device)[query_y]
+        return cls(*sub.tensors("support", cfg.mean, cfg.std, device), query_x, query_y, sub.num_classes, query_class)
 
 
 def episode_loss(model: PudNet, ep: Episode) -> tuple[torch.Tensor, torch.Tensor]:
