@@ -38,6 +38,7 @@ from pudnet.model.heads import HeadMoments, ridge_output  # noqa: E402
 
 BASELINES = ("ncm_pixels", "random_prototype", "linear_probe")
 ADAM = ("sgd_1epoch", "sgd_converged")
+GRID = np.arange(-6.0, 4.01, 0.5)          # log_lambda, relative to the features' spread
 
 
 class RidgePath:
@@ -88,6 +89,22 @@ def lambda_sweep(features: torch.Tensor, labels: torch.Tensor, test_features: to
             "gcv": gcv, "gcv_pick": pick, "gcv_ms": gcv_ms}
 
 
+def ridge_model_and_tasks(parser: argparse.ArgumentParser, checkpoint: str, shots: list[int], classes: int | None,
+                          seed: int) -> tuple[evaluate.RunRecord, Evaluator, dict]:
+    """A ridge-head checkpoint (``parser.error`` for another head), its evaluator and the whole-dataset protocol's
+    tasks, as ``jobs/evaluate.py`` builds them for that seed (``classes``: held-out classes of the intra task,
+    None for the evaluation default)."""
+    cfg = evaluate.EvalConfig(checkpoint=checkpoint, seed=seed)
+    record = evaluate.load(cfg, smoke=False)
+    model = record.model
+    if model.cfg.head != "ridge":
+        parser.error(f"{record.path} has the {model.cfg.head!r} head: this benchmark refits the ridge head")
+    evaluator = Evaluator(model, cfg.whole.sgd, cfg.seed, cfg.max_stats_images)
+    tasks = read_whole_tasks(record.roots, record.split, tuple(shots), classes or cfg.whole.classes,
+                             model.cfg.max_classes, seed, cfg.whole.max_per_class or None, cfg.whole.val_fraction)
+    return record, evaluator, tasks
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="a checkpoint or run directory written by jobs/train.py")
@@ -98,25 +115,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results_head_lambda.md"))
     args = parser.parse_args(argv)
     command = " ".join(["python bench/head_lambda.py", *(sys.argv[1:] if argv is None else argv)])
-    cfg = evaluate.EvalConfig(checkpoint=args.checkpoint, seed=args.seed)
-    record = evaluate.load(cfg, smoke=False)
+    record, evaluator, tasks = ridge_model_and_tasks(parser, args.checkpoint, args.shots, args.classes, args.seed)
     model = record.model
-    if model.cfg.head != "ridge":
-        parser.error(f"{record.path} has the {model.cfg.head!r} head: this benchmark refits the ridge head")
-    evaluator = Evaluator(model, cfg.whole.sgd, cfg.seed, cfg.max_stats_images)
-    grid = np.arange(-6.0, 4.01, 0.5)
     learned = model.log_lambda.item()
     methods = BASELINES + (() if args.no_adam else ADAM)
     rows = []
-    tasks = read_whole_tasks(record.roots, record.split, tuple(args.shots), args.classes, model.cfg.max_classes,
-                             args.seed, cfg.whole.max_per_class or None, cfg.whole.val_fraction)
     for (name, shots), (task, sgd_rows) in tasks.items():
         (sx, sy), _, (tx, ty) = evaluator.tensors(task)
         with torch.no_grad():
             weights = model(sx, sy, task.num_classes)
             predicted = evaluator.accuracy(weights, tx, ty)
             sweep = lambda_sweep(evaluator.features(weights, sx), sy, evaluator.features(weights, tx), ty,
-                                 task.num_classes, grid, learned)
+                                 task.num_classes, GRID, learned)
         scores = evaluator.run(task, 0, methods, sgd_rows).scores   # index 0, as jobs/evaluate.py seeds each whole task
         rows.append({"task": name, "shots": shots_label(shots), "support_images": len(sy), "test_images": len(ty),
                      "learned_log_lambda": learned, "pudnet": predicted, **sweep,

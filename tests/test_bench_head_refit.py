@@ -1,0 +1,67 @@
+"""bench/head_refit.py on a tiny checkpoint over tiny shards: the plain refit is the prediction's own head, every
+column is filled, another head is refused, and a shifted copy moves the image and fills the border with the edge."""
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import head_refit  # noqa: E402
+from jobs.train import TrainConfig  # noqa: E402
+from pudnet import PudNet, PudNetConfig  # noqa: E402
+from pudnet.data.shards import write_bank  # noqa: E402
+from pudnet.data.tasks import ClassBank, split_classes  # noqa: E402
+from pudnet.model import checkpoint  # noqa: E402
+
+TINY = dict(target_kwargs={"depth": 2, "width": 8}, encoder_width=4, hidden=8, layer_embedding=4, max_classes=5)
+
+
+def tiny_checkpoint(base: Path, head: str) -> Path:
+    """An untrained PudNet checkpoint with the record jobs/train.py writes, over two tiny sources of 4 classes."""
+    rng = np.random.default_rng(0)
+    names = tuple(f"{s}/c{i}" for s in ("seen", "other") for i in range(4))
+    labels = np.repeat(np.arange(len(names)), 15)
+    images = (rng.integers(0, 100, (len(labels), 32, 32, 3)) + 40 * (labels % 4)[:, None, None, None]).astype(np.uint8)
+    roots = [str(base / "shards" / "seen"), str(base / "shards" / "other")]
+    for root, part in zip(roots, (slice(0, 60), slice(60, 120))):
+        bank = ClassBank(images[part], labels[part] - labels[part].min(), names[part.start // 15:part.stop // 15])
+        write_bank(bank, root, root.rsplit("/", 1)[1], {"test": 1}, test_fraction=0.2)
+    split = split_classes(names, ["other"], 0.5, 2, seed=0)
+    torch.manual_seed(0)
+    model = PudNet(PudNetConfig(head=head, **TINY))
+    cfg = TrainConfig(model=model.cfg, sources=("seen", "other"), heldout_sources=("other",))
+    checkpoint.save(base / head, model, split,
+                    extra={"train_config": json.dumps(dataclasses.asdict(cfg)), "shard_roots": json.dumps(roots)})
+    return base / head
+
+
+def test_every_refit_is_scored_and_the_plain_one_is_the_predictions_head(tmp_path):
+    out = tmp_path / "refit.md"
+    rows = head_refit.main([str(tiny_checkpoint(tmp_path, "ridge")), "--shots", "4", "0", "--out", str(out)])["rows"]
+    assert {(r["task"], r["shots"]) for r in rows} == {(t, s) for t in ("intra", "inter: other") for s in ("4", "all")}
+    for r in rows:
+        # the prediction's head mixes train-mode features of its BatchNorm sample in: within one test image here
+        assert abs(r["refit"] - r["pudnet"]) <= 1 / 12 + 1e-6
+        for key in ("mirrored", *(f"shifted_{n}" for n in head_refit.COPIES), *head_refit.TRANSFORMS):
+            assert 0 <= r[key] <= r.get(f"{key}_oracle", 1) <= 1
+    assert out.read_text().count("\n| ") == 1 + len(rows) and json.loads(out.with_suffix(".json").read_text())["rows"]
+
+
+def test_a_checkpoint_with_another_head_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        head_refit.main([str(tiny_checkpoint(tmp_path, "prototype")), "--out", str(tmp_path / "x.md")])
+    assert "refits the ridge head" in capsys.readouterr().err
+
+
+def test_a_shifted_copy_moves_the_image_and_repeats_its_edge():
+    x = torch.arange(2 * 3 * 6 * 6, dtype=torch.float32).reshape(2, 3, 6, 6)
+    assert torch.equal(head_refit.shifted(x, 0, 0), x)
+    down = head_refit.shifted(x, -1, 0)                   # row i shows row i - 1; row 0 repeats the top edge
+    assert torch.equal(down[..., 1:, :], x[..., :-1, :]) and torch.equal(down[..., 0, :], x[..., 0, :])
+    right = head_refit.shifted(x, 0, 2)
+    assert torch.equal(right[..., :-2], x[..., 2:]) and torch.equal(right[..., -1], x[..., -1])
