@@ -14,6 +14,7 @@ from pudnet import PudNet, PudNetConfig
 from pudnet.model import checkpoint
 from pudnet.data.tasks import ClassBank, ClassSplit, split_classes
 from pudnet.data.shards import write_bank
+from tiny_runs import record, two_tiny_sources
 
 TINY = PudNetConfig(target_kwargs={"depth": 2, "width": 8}, encoder_width=4, hidden=8, layer_embedding=4,
                     max_classes=5)
@@ -21,26 +22,11 @@ FAST = ["protocols=whole", "whole.shots=4,0", "whole.classes=3", "whole.sgd.max_
         "whole.sgd.batch_size=16", "whole.sgd.finetune_batch_size=16"]
 
 
-def record(model, split, roots, **train):
-    """The metadata jobs/train.py stores with every checkpoint."""
-    cfg = TrainConfig(model=model.cfg, **train)
-    return {"train_config": json.dumps(dataclasses.asdict(cfg)), "shard_roots": json.dumps(roots)}
-
-
 @pytest.fixture(scope="module")
 def fake_run(tmp_path_factory):
     """A run dir with two checkpoints (the newer step in the older-named folder) over tiny shards, no Ray."""
     base = tmp_path_factory.mktemp("eval_run")
-    rng = np.random.default_rng(0)
-    names = tuple(f"{s}/c{i}" for s in ("seen", "other") for i in range(4))
-    labels = np.repeat(np.arange(len(names)), 15)
-    images = (rng.integers(0, 100, (len(labels), 32, 32, 3)) + 20 * (labels % 4)[:, None, None, None]).astype(np.uint8)
-    # a folder source whose output name ("renamed") is not the class-name prefix ("other")
-    roots = [str(base / "shards" / "seen"), str(base / "shards" / "renamed")]
-    for root, part in zip(roots, (slice(0, 60), slice(60, 120))):
-        bank = ClassBank(images[part], labels[part] - labels[part].min(), names[:4] if part.start == 0 else names[4:])
-        write_bank(bank, root, root.rsplit("/", 1)[1], {"test": 1}, test_fraction=0.2)
-    split = split_classes(names, ["other"], 0.5, 2, seed=0)
+    roots, split = two_tiny_sources(base)
     run = base / "run"
     for folder, step in (("checkpoint_2026-01-01_00-00-00", 8), ("checkpoint_2026-01-02_00-00-00", 4)):
         torch.manual_seed(step)
