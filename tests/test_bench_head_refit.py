@@ -30,7 +30,8 @@ def tiny_checkpoint(base: Path, head: str) -> Path:
 def test_every_refit_is_scored_and_the_plain_one_is_the_predictions_head(tmp_path):
     out = tmp_path / "refit.md"
     rows = head_refit.main([str(tiny_checkpoint(tmp_path, "ridge")), "--shots", "4", "0", "--out", str(out)])["rows"]
-    assert [(r["task"].split(":")[0], r["shots"]) for r in rows] == [(t, s) for t in ("intra", "inter") for s in ("4", "all")]
+    settings = [(r["task"].split(":")[0], r["shots"]) for r in rows]
+    assert settings == [(t, s) for t in ("intra", "inter") for s in ("4", "all")]
     for r in rows:
         # the prediction's head mixes train-mode features of its BatchNorm sample in: within one test image here
         assert abs(r["refit"] - r["pudnet"]) <= 1 / 12 + 1e-6
