@@ -71,25 +71,31 @@ def main(argv: list[str] | None = None) -> dict:
             weights = model(sx, sy, task.num_classes)
             support, test = evaluator.features(weights, sx), evaluator.features(weights, tx)
 
-            def accuracy(rows: list[torch.Tensor], test: torch.Tensor, log_lambda: torch.Tensor) -> float:
-                """Test accuracy of the ridge head fitted on these blocks of support features (labels ``sy`` each)."""
+            def moments_of(blocks: list[torch.Tensor]) -> HeadMoments:
+                """The ridge head's moments of these blocks of support features (labels ``sy`` each): once per
+                feature set, whatever the lambdas it is solved for."""
                 moments = HeadMoments(test.shape[1], task.num_classes, test.device)
-                for block in rows:
+                for block in blocks:
                     moments.add(block, sy)
-                w, b = moments.ridge(log_lambda, model.log_scale.exp(), test.dtype)
-                return float(((test @ w.t() + b).argmax(1) == ty).float().mean())
+                return moments
+
+            def accuracy(moments: HeadMoments, scored: torch.Tensor, log_lambda: torch.Tensor) -> float:
+                """Test accuracy of the ridge head solved from ``moments`` at ``log_lambda``, on test features."""
+                w, b = moments.ridge(log_lambda, model.log_scale.exp(), scored.dtype)
+                return float(((scored @ w.t() + b).argmax(1) == ty).float().mean())
 
             def augmented(*views: torch.Tensor) -> float:
-                return accuracy([support, *(evaluator.features(weights, v) for v in views)], test, model.log_lambda)
+                blocks = [support, *(evaluator.features(weights, v) for v in views)]
+                return accuracy(moments_of(blocks), test, model.log_lambda)
 
             row = {"task": name, "shots": shots_label(shots), "support_images": len(sy),
                    "pudnet": evaluator.accuracy(weights, tx, ty), "refit": augmented(),
                    "mirrored": augmented(sx.flip(-1)),
                    **{f"shifted_{n}": augmented(*(shifted(sx, dy, dx) for dy, dx in offsets[:n])) for n in COPIES}}
             for key, transform in TRANSFORMS.items():
-                a, b = transform(support), transform(test)
-                row[key] = accuracy([a], b, model.log_lambda)
-                row[f"{key}_oracle"] = max(accuracy([a], b, torch.tensor(g)) for g in GRID)
+                moments, scored = moments_of([transform(support)]), transform(test)
+                row[key] = accuracy(moments, scored, model.log_lambda)
+                row[f"{key}_oracle"] = max(accuracy(moments, scored, torch.tensor(g)) for g in GRID)
         rows.append(row)
         print(f"[head_refit] {json.dumps(row)}", flush=True)
     args.out.with_suffix(".json").write_text(json.dumps({"command": command, "checkpoint": record.path,
