@@ -1,5 +1,6 @@
 """bench/head_refit.py on a tiny checkpoint over tiny shards: the plain refit is the prediction's own head, every
 column is filled, another head is refused, and a shifted copy moves the image and fills the border with the edge."""
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -10,18 +11,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import head_refit  # noqa: E402
-from pudnet import PudNet, PudNetConfig  # noqa: E402
+from pudnet import PudNet  # noqa: E402
 from pudnet.model import checkpoint  # noqa: E402
-from tiny_runs import record, two_tiny_sources  # noqa: E402
-
-TINY = dict(target_kwargs={"depth": 2, "width": 8}, encoder_width=4, hidden=8, layer_embedding=4, max_classes=5)
-
+from tiny_runs import TINY, record, two_tiny_sources  # noqa: E402
 
 def tiny_checkpoint(base: Path, head: str) -> Path:
     """An untrained PudNet checkpoint with the record jobs/train.py writes, over two tiny sources."""
     roots, split = two_tiny_sources(base)
     torch.manual_seed(0)
-    model = PudNet(PudNetConfig(head=head, **TINY))
+    model = PudNet(dataclasses.replace(TINY, head=head))
     checkpoint.save(base / head, model, split,
                     extra=record(model, split, roots, sources=("seen", "other"), heldout_sources=("other",)))
     return base / head

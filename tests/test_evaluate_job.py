@@ -10,14 +10,12 @@ import torch
 
 from jobs import evaluate
 from jobs.train import TrainConfig, load_config
-from pudnet import PudNet, PudNetConfig
+from pudnet import PudNet
 from pudnet.model import checkpoint
 from pudnet.data.tasks import ClassBank, ClassSplit, split_classes
 from pudnet.data.shards import write_bank
-from tiny_runs import record, two_tiny_sources
+from tiny_runs import TINY, record, two_tiny_sources
 
-TINY = PudNetConfig(target_kwargs={"depth": 2, "width": 8}, encoder_width=4, hidden=8, layer_embedding=4,
-                    max_classes=5)
 FAST = ["protocols=whole", "whole.shots=4,0", "whole.classes=3", "whole.sgd.max_epochs=2", "whole.sgd.patience=1",
         "whole.sgd.batch_size=16", "whole.sgd.finetune_batch_size=16"]
 

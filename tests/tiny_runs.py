@@ -6,8 +6,13 @@ from pathlib import Path
 import numpy as np
 
 from jobs.train import TrainConfig
+from pudnet import PudNetConfig
 from pudnet.data.shards import write_bank
 from pudnet.data.tasks import ClassBank, ClassSplit, split_classes
+
+
+TINY = PudNetConfig(target_kwargs={"depth": 2, "width": 8}, encoder_width=4, hidden=8, layer_embedding=4,
+                    max_classes=5)     # a PudNet small enough to build and run in milliseconds
 
 
 def record(model, split, roots, **train) -> dict[str, str]:
