@@ -44,6 +44,8 @@ VARIANTS = {  # name -> TrainConfig overrides on top of the defaults and --set
     "varied K and S": ["ways_max=10", "shots_max=100", "max_support=300"],
     "conditioning, varied K and S": ["model.conditioning=activations", "ways_max=10", "shots_max=100",
                                      "max_support=300"],
+    "whitened first layer": ["model.whiten_eps=0.01"],
+    "whitened first layer, floor 0.1": ["model.whiten_eps=0.1"],
     "refined body": ["model.refine_steps=1"],
     "refined body, 3 steps": ["model.refine_steps=3"],
     "refined body, 10 steps from 0.06": ["model.refine_steps=10", "model.refine_alpha_init=0.06"],
@@ -100,7 +102,8 @@ def main() -> None:
         rows.append((name, {key: s["pudnet"][0] for key, s in scores.items()}, train_s))
         print(rows[-1], flush=True)
         for label, activations, statistics in FOREIGN:
-            if activations and not statistics and cfg.model.conditioning == "none" and not cfg.model.refine_steps:
+            if activations and not statistics and cfg.model.conditioning == "none" and not cfg.model.refine_steps \
+                    and not cfg.model.whiten_eps:
                 continue
             acc = {}
             for key, (task, _) in tasks.items():

@@ -60,11 +60,13 @@ class ActivationFiLM(nn.Module):
 def foreign_conditioning(model, x: torch.Tensor, y: torch.Tensor, k: int, activations: bool,
                          statistics: bool = False):
     """The ablation of the conditioning: while inside, ``model`` (a PudNet) generates its body from (x, y) of
-    ANOTHER dataset: its sketch, and with ``activations`` its BatchNorm modulations and its refined body
+    ANOTHER dataset: its sketch, and with ``activations`` its BatchNorm modulations, its first layer's patch
+    whitening (``PudNet.patch_whitening``) and its refined body
     (``PudNet.refine_body``, pudnet.model.refine) too. The BatchNorm statistics still come from the support set
     the model is called with, unless ``statistics``: then they are the other dataset's too, and the support set
     only fits the head, on features normalised with them. That measures what the support statistics are worth."""
     recorded, modulation, encode, refine = {}, model.modulation, model.encoder.forward, model.refine_body
+    whitening = model.patch_whitening
     support_pass = model.target.support_pass
     def record(name, *args):
         recorded[name] = modulation(name, *args)
@@ -75,6 +77,9 @@ def foreign_conditioning(model, x: torch.Tensor, y: torch.Tensor, k: int, activa
     def record_refined(*args):
         recorded["refined"] = refine(*args)
         return recorded["refined"]
+    def record_whitening(*args):
+        recorded["whitening"] = whitening(*args)
+        return recorded["whitening"]
     def record_statistics(*args):
         recorded["statistics"], features = support_pass(*args)
         return recorded["statistics"], features
@@ -83,13 +88,16 @@ def foreign_conditioning(model, x: torch.Tensor, y: torch.Tensor, k: int, activa
         return stats, model.target.features({**body, **stats}, x)
     try:
         model.modulation, model.encoder.forward, model.refine_body = record, record_sketch, record_refined
+        model.patch_whitening = record_whitening
         model.target.support_pass = record_statistics
         with torch.no_grad():
             model(x, y, k)
         model.encoder.forward = lambda *args: recorded["sketch"]
         model.modulation = (lambda name, *args: recorded[name]) if activations else modulation
         model.refine_body = (lambda *args: recorded["refined"]) if activations else refine
+        model.patch_whitening = (lambda *args: recorded["whitening"]) if activations else whitening
         model.target.support_pass = foreign_statistics if statistics else support_pass
         yield
     finally:
-        del model.encoder.forward, model.modulation, model.refine_body, model.target.support_pass
+        del model.encoder.forward, model.modulation, model.refine_body, model.patch_whitening
+        del model.target.support_pass

@@ -49,6 +49,9 @@ class PudNetConfig:
                                         # meta-training cannot shrink the refinement away
     refine_layers: int = 0              # > 0: refine only the body's last that many stages (a ConvNet block, a
                                         # ResNet BasicBlock), the earlier ones run once; 0: the whole body
+    whiten_eps: float = 0.0             # > 0: the first conv layer's generated kernel acts on the support set's
+                                        # ZCA-whitened input patches (eigenvalues floored by this share of their
+                                        # mean), a closed-form dependence of the body on the data; 0: off
     sketch_per_class: int = 64          # the dataset encoder reads at most this many support images per class
     stats_images: int = 512             # BatchNorm statistics come from at most this many support images
     memory_mb: int = 512                # support images pass through in chunks whose activations fit in this
@@ -79,6 +82,8 @@ class PudNetConfig:
         for name in ("encoder_width", "hidden", "layer_embedding", "sketch_per_class", "stats_images", "memory_mb"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: expected >= 1")
+        if self.whiten_eps < 0:
+            raise ValueError(f"whiten_eps={self.whiten_eps}: expected >= 0 (0: off)")
         if self.lowrank < 0:
             raise ValueError(f"lowrank={self.lowrank}: expected >= 0")
         if not 0 < self.modulation < 1:

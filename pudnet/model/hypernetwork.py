@@ -26,6 +26,7 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .conditioning import ActivationFiLM
 from .config import PudNetConfig
@@ -33,6 +34,9 @@ from pudnet.data.tasks import normalize
 from .heads import HeadMoments, class_means, prototype_from_means, prototype_head, ridge_head, spread_sample
 from .refine import BodyRefinement, split_half_loss
 from .targets import KINDS, LayerSpec, TargetRunner
+
+
+WHITEN_IMAGES = 128      # the first layer's patch statistics come from a class-stratified sample this large
 
 
 class DatasetEncoder(nn.Module):
@@ -224,6 +228,10 @@ class PudNet(nn.Module):
                 body[f"{layer.name}.weight"] = generated
             else:
                 body[f"{layer.name}.weight"], body[f"{layer.name}.bias"] = generated
+        if self.cfg.whiten_eps:
+            name = f"{self.target.spec.body[0].name}.weight"
+            body[name] = whitened(body[name], self.patch_whitening(self._inputs(x, order[:WHITEN_IMAGES]),
+                                                                   body[name].shape[-1]))
         if self.cfg.refine_steps:
             body = self.refine_body(body, x, labels, num_classes, order, rank, chunk)
         sample_labels = labels if stats_rows is None else labels[stats_rows]
@@ -244,6 +252,18 @@ class PudNet(nn.Module):
         weights.update({f"{head}.weight": weight, f"{head}.bias": bias})
         self.target.spec.check(weights, num_classes)
         return weights
+
+    @torch.no_grad()
+    def patch_whitening(self, x: torch.Tensor, size: int) -> torch.Tensor:
+        """The ZCA matrix (d, d) of x's size x size input patches (d = 3 size^2, in a conv kernel's flattened
+        order), eigenvalues floored by ``cfg.whiten_eps`` of their mean; one method, so an ablation can feed it
+        another dataset. Decorrelating the first layer's input is something BatchNorm after it cannot do, and the
+        patch statistics are where datasets differ most at low level (dark strokes, textures, colour)."""
+        patches = F.unfold(x, size).transpose(1, 2).flatten(0, 1).double()      # (N * positions, d)
+        patches = patches - patches.mean(0)
+        eigenvalues, vectors = torch.linalg.eigh(patches.t() @ patches / len(patches))
+        floor = self.cfg.whiten_eps * eigenvalues.clamp_min(0).mean()
+        return ((vectors * (eigenvalues.clamp_min(0) + floor).rsqrt()) @ vectors.t()).to(x.dtype)
 
     def modulation(self, name: str, z: torch.Tensor, labels: torch.Tensor, num_classes: int, state: torch.Tensor,
                    weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -302,6 +322,11 @@ class PudNet(nn.Module):
         if self.cfg.head == "ridge":
             return ridge_head(features, sample_labels, num_classes, self.log_lambda, self.log_scale.exp())
         return prototype_head(features, sample_labels, num_classes, self.log_tau.exp())
+
+
+def whitened(kernel: torch.Tensor, zca: torch.Tensor) -> torch.Tensor:
+    """The conv kernel that applies ``kernel`` to ZCA-whitened patches: one kernel, so it loads as it is."""
+    return (kernel.flatten(1) @ zca).view_as(kernel)
 
 
 def _chunks(rows: torch.Tensor | None, n: int, size: int) -> list[torch.Tensor | slice]:
