@@ -15,7 +15,8 @@ Our reading of "Learning to Generate Parameters of ConvNets for Unseen Image Dat
 
 BatchNorm statistics come from one pass of the generated body over (a sample of) the support set; with
 ``conditioning="activations"`` the same pass also modulates every BatchNorm affine from the support
-activations entering it (``pudnet.model.conditioning``), the path by which the body depends on the data;
+activations entering it (``pudnet.model.conditioning``), the path by which the body depends on the data
+(``whiten_eps`` adds another: the first conv layer then acts on the support set's whitened patches);
 the classifier head is then fitted to every support image's features in closed form (``ridge``,
 see ``pudnet.model.heads``), built from class means (``prototype``), or generated from class k's sketch
 embedding (``generated``).
