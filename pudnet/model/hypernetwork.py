@@ -258,8 +258,8 @@ class PudNet(nn.Module):
     def patch_whitening(self, x: torch.Tensor, size: int) -> torch.Tensor:
         """The ZCA matrix (d, d) of x's size x size input patches (d = 3 size^2, in a conv kernel's flattened
         order), eigenvalues floored by ``cfg.whiten_eps`` of their mean; one method, so an ablation can feed it
-        another dataset. Decorrelating the first layer's input is something BatchNorm after it cannot do, and the
-        patch statistics are where datasets differ most at low level (dark strokes, textures, colour)."""
+        another dataset. Decorrelating the first layer's input is something BatchNorm after it cannot do, and patch
+        statistics are one place where datasets differ at low level (strokes, textures, colour)."""
         patches = F.unfold(x, size).transpose(1, 2).flatten(0, 1).double()      # (N * positions, d)
         patches = patches - patches.mean(0)
         eigenvalues, vectors = torch.linalg.eigh(patches.t() @ patches / len(patches))
