@@ -5,7 +5,9 @@ Every method sees the same support images of a task and is scored on the task's 
 validation split (in the whole-dataset protocol, ``pudnet.evaluation.whole``, a split cut from the support
 set that Adam then does not train on). Weights are always evaluated the same way: BatchNorm
 statistics recomputed on (at most ``max_stats_images`` of) the support set, target run in eval
-mode (``TargetRunner``), images passed in chunks so a whole dataset fits in memory.
+mode (``TargetRunner``), images passed in chunks so a whole dataset fits in memory. That statistics pass
+reads a trained net out; it is evaluation, not training, so the seconds of Adam from scratch and of fine-tuning
+count their optimiser steps only (PudNet's seconds include its own statistics pass: it is part of the prediction).
 """
 from __future__ import annotations
 
@@ -192,7 +194,7 @@ class Evaluator:
                 yield chunk.to(self.device)
 
     def _finetune(self, predicted, k, index, sx, sy, steps):
-        """Adam from PudNet's weights; yields (step, seconds, weights) at each requested step."""
+        """Adam from PudNet's weights; yields (step, seconds of its steps, read-out weights) at each requested step."""
         net = self._net(k, index)
         net.load_state_dict(predicted)
         net.train()
@@ -204,15 +206,13 @@ class Evaluator:
             opt.zero_grad()
             F.cross_entropy(net(sx[rows]), sy[rows]).backward()
             opt.step()
+            elapsed += time.perf_counter() - start
             if step in steps:
-                weights = self._weights(net, sx)
-                elapsed += time.perf_counter() - start
-                yield step, elapsed, weights
-            else:
-                elapsed += time.perf_counter() - start
+                yield step, elapsed, self._weights(net, sx)
 
     def _sgd(self, k, index, support, val, test) -> list[Point]:
-        """Adam from a random init: a point after step 1 and after every epoch, early stopping on val."""
+        """Adam from a random init: a point after step 1 and after every epoch, early stopping on val; a point's
+        seconds are those of the steps before it (the read-out is not timed, see the module docstring)."""
         (sx, sy), (vx, vy), (tx, ty) = support, val, test
         net = self._net(k, index).train()
         opt = torch.optim.Adam(net.parameters(), lr=self.settings.lr)
@@ -225,11 +225,10 @@ class Evaluator:
             opt.zero_grad()
             F.cross_entropy(net(sx[rows]), sy[rows]).backward()
             opt.step()
+            elapsed += time.perf_counter() - start
             if step != 1 and step % epoch_steps:
-                elapsed += time.perf_counter() - start
                 continue
             weights = self._weights(net, sx)
-            elapsed += time.perf_counter() - start
             curve.append(Point(step, elapsed, self.accuracy(weights, vx, vy), self.accuracy(weights, tx, ty)))
             if step % epoch_steps == 0:
                 best, since_best = (curve[-1].val, 0) if curve[-1].val > best else (best, since_best + 1)

@@ -91,6 +91,42 @@ def test_whole_protocol_on_a_tiny_untrained_model_reports_every_method_curve_and
     assert png[:4] == b"\x89PNG" and len(png) > 10_000
 
 
+def test_adam_and_fine_tuning_seconds_count_their_steps_not_the_statistics_pass_that_reads_them_out(monkeypatch):
+    """The read-out (BatchNorm statistics recomputed on the support set) is evaluation: a clock that only moves
+    during it leaves Adam's and fine-tuning's seconds at zero, while PudNet's own statistics pass is timed."""
+    from pudnet.evaluation import episodes
+
+    class Clock:
+        now = 0.0
+
+        def perf_counter(self):
+            return self.now
+
+    clock = Clock()
+    monkeypatch.setattr(episodes, "time", clock)
+    torch.manual_seed(0)
+    model = PudNet(PudNetConfig(image_size=16, target_kwargs={"depth": 2, "width": 8}, encoder_width=4, hidden=8,
+                                layer_embedding=4, max_classes=5))
+    evaluator = Evaluator(model, SGDSettings(batch_size=16, max_epochs=2, patience=2, finetune_steps=(1,),
+                                             finetune_batch_size=16), seed=0)
+    read_out = evaluator._weights
+
+    def slow_read_out(net, x):
+        clock.now += 100.0
+        return read_out(net, x)
+    monkeypatch.setattr(evaluator, "_weights", slow_read_out)
+    pass_of = model.target.support_pass
+
+    def slow_support_pass(*args, **kwargs):
+        clock.now += 1.0
+        return pass_of(*args, **kwargs)
+    monkeypatch.setattr(model.target, "support_pass", slow_support_pass)
+    task, rows = whole_task(*tiny_banks(), 10, 0.2, seed=0)
+    out = evaluator.run(task, 0, ("pudnet", "pudnet_ft1", "sgd_converged"), rows)
+    assert len(out.sgd_curve) == 3 and all(p.seconds == 0.0 for p in out.sgd_curve)
+    assert out.scores["pudnet"][1] >= 1.0 and out.scores["pudnet_ft1"][1] == out.scores["pudnet"][1]
+
+
 def test_training_curves_skip_event_records_and_refuse_an_empty_log():
     records = [{"event": "start", "step": 0}] + [
         {"step": s, "loss": 2 / s, "query_accuracy": 0.1 * s, "tasks_per_s": 8.0, **({"val_accuracy": 0.5} if s % 2
