@@ -4,9 +4,9 @@
     python bench/bn_stats.py --checkpoint runs/pudnet-resnet18 --out bench/results_bn_stats.md   # a trained model
 
 Prediction takes each BatchNorm layer's statistics from one pass over a seeded, class-stratified sample of at
-most ``stats_images`` support images (default 512; at K=1000 that is about one image for every second class),
-then fits the ridge head on every support image. This script predicts the same K-way task with the sample at
-1 image per class (what K=1000 gets), at the default 512, and over all N support images (exact, one pass), and
+most ``stats_images`` support images (``PudNetConfig``'s default; at K=1000 that is fewer than one image per
+class), then fits the ridge head on every support image. This script predicts the same K-way task with the sample
+at 1 image per class, at the default, and over all N support images (exact, one pass), and
 scores each on held-out images of the same classes. Data: every embedded source in the cache, 32 px, classes
 with at least S + 10 images. Without ``--checkpoint`` the hypernetwork is untrained (a generated random body
 plus the fitted ridge head): the statistics still set the features the head is fitted on.
@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     if model.cfg.max_classes < k:
         raise ValueError(f"the checkpoint supports {model.cfg.max_classes} classes; this task has {k}")
     base = model.cfg
-    variants = {f"sample of {k} (1 per class, as at K=1000)": k, f"sample of {min(512, n)} (default)": 512,
+    default = PudNetConfig().stats_images
+    variants = {f"sample of {k} (1 per class)": k, f"sample of {min(default, n)} (default)": default,
                 f"exact: all {n} support images": n}
     rows, exact_stats = [], None
     for name, stats_images in reversed(variants.items()):  # exact first: the others are compared with it

@@ -25,7 +25,6 @@ from pudnet.model.targets import build
 from pudnet.overrides import CONFIG
 
 FAST_METHODS = ("random_init", "ncm_pixels", "random_prototype", "pudnet")
-CHUNK = 512          # images per forward pass when a method scores or featurises many images
 
 
 @dataclass(frozen=True)
@@ -98,8 +97,9 @@ class Evaluator:
 
     @torch.no_grad()
     def accuracy(self, weights, x, y) -> float:
-        correct = sum(int((self.runner(weights, xb).argmax(1) == yb).sum()) for xb, yb in zip(x.split(CHUNK),
-                                                                                              y.split(CHUNK)))
+        chunk = self.model.chunk_images()
+        correct = sum(int((self.runner(weights, xb).argmax(1) == yb).sum()) for xb, yb in zip(x.split(chunk),
+                                                                                              y.split(chunk)))
         return correct / len(y)
 
     @torch.no_grad()
@@ -109,7 +109,7 @@ class Evaluator:
         identity = {**weights, f"{head.name}.weight": torch.eye(dim, device=x.device)}
         if head.has_bias:
             identity[f"{head.name}.bias"] = x.new_zeros(dim)
-        return torch.cat([self.runner(identity, xb) for xb in x.split(CHUNK)])
+        return torch.cat([self.runner(identity, xb) for xb in x.split(self.model.chunk_images())])
 
     def _net(self, k: int, index: int) -> torch.nn.Module:
         torch.manual_seed(self.seed * 100_003 + index)

@@ -52,8 +52,10 @@ class PudNetConfig:
     whiten_eps: float = 0.0             # > 0: the first conv layer's generated kernel acts on the support set's
                                         # ZCA-whitened input patches (eigenvalues floored by this share of their
                                         # mean), a closed-form dependence of the body on the data; 0: off
-    sketch_per_class: int = 64          # the dataset encoder reads at most this many support images per class
-    stats_images: int = 512             # BatchNorm statistics come from at most this many support images
+    sketch_per_class: int = 16          # the dataset encoder reads at most this many support images per class
+    stats_images: int = 128             # BatchNorm statistics come from at most this many support images
+    chunk_images: int = 64              # passes without autograd take at most this many images at a time: small
+                                        # chunks stay in a CPU's cache (2x faster than 512 at 32 px); raise on a GPU
     memory_mb: int = 512                # support images pass through in chunks whose activations fit in this
 
     def __post_init__(self):
@@ -79,7 +81,8 @@ class PudNetConfig:
             raise ValueError(f"image_size={self.image_size}: expected 8..512")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError(f"mean/std must have 3 entries and std > 0, got {self.mean}, {self.std}")
-        for name in ("encoder_width", "hidden", "layer_embedding", "sketch_per_class", "stats_images", "memory_mb"):
+        for name in ("encoder_width", "hidden", "layer_embedding", "sketch_per_class", "stats_images",
+                     "chunk_images", "memory_mb"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: expected >= 1")
         if self.whiten_eps < 0:

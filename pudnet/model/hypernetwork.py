@@ -180,11 +180,17 @@ class PudNet(nn.Module):
             self.aux_head = nn.Linear(spec.feature_dim, cfg.aux_classes)
             nn.init.zeros_(self.aux_head.weight), nn.init.zeros_(self.aux_head.bias)   # no noise into the body at first
 
-    def chunk_images(self, memory_mb: int | None = None) -> int:
-        """How many images one chunk of the support pass holds under ``memory_mb`` (default cfg.memory_mb)."""
+    def memory_images(self, memory_mb: int | None = None) -> int:
+        """How many images one pass holds under ``memory_mb`` (default cfg.memory_mb): the bound on a batch that
+        must be seen at once (the BatchNorm statistics sample, a refinement step)."""
         r = self.cfg.image_size
         per_image = max(self.target.activation_bytes(r), 16 * self.cfg.encoder_width * r * r)  # encoder: 4x its conv1
         return max(1, ((memory_mb or self.cfg.memory_mb) << 20) // per_image)
+
+    def chunk_images(self, memory_mb: int | None = None) -> int:
+        """Images per chunk of a pass that may be cut (the sketch, the head's features): ``cfg.chunk_images``, or
+        fewer under ``memory_mb``."""
+        return min(self.cfg.chunk_images, self.memory_images(memory_mb))
 
     def _inputs(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Model inputs for ``rows`` of x (all if None); uint8 (N, R, R, 3) pixels are normalised here."""
@@ -197,10 +203,10 @@ class PudNet(nn.Module):
 
         Cost and memory stay linear in N and bounded (issue 12): the dataset encoder reads at most
         ``cfg.sketch_per_class`` images per class, and the BatchNorm statistics come from one pass over a
-        class-stratified sample of at most ``cfg.stats_images`` images (and at most one chunk); with
+        class-stratified sample of at most ``cfg.stats_images`` images (and what ``memory_mb`` holds); with
         ``cfg.refine_steps``, each refinement step reads at most ``cfg.refine_per_class`` images per class (and
-        one chunk); all samples are seeded by ``seed``. The head then reads every image, in chunks whose
-        activations fit in ``memory_mb``; without autograd only the head's F x F moments are kept
+        what ``memory_mb`` holds); all samples are seeded by ``seed``. The head then reads every image, in
+        chunks of ``chunk_images``; without autograd only the head's F x F moments are kept
         (``pudnet.model.heads.HeadMoments``).
 
         Args:
@@ -212,10 +218,10 @@ class PudNet(nn.Module):
         """
         if not 2 <= num_classes <= self.cfg.max_classes:
             raise ValueError(f"num_classes={num_classes}: this model supports 2..{self.cfg.max_classes}")
-        chunk = self.chunk_images(memory_mb)
+        memory, chunk = self.memory_images(memory_mb), self.chunk_images(memory_mb)
         order, rank = spread_sample(labels, num_classes, seed)
         sketch_rows = order[rank < self.cfg.sketch_per_class] if rank.max() >= self.cfg.sketch_per_class else None
-        n_stats = min(self.cfg.stats_images, chunk)
+        n_stats = min(self.cfg.stats_images, memory)
         stats_rows = order[:n_stats] if len(labels) > n_stats else None
         embeddings = torch.cat([self.encoder.embed(self._inputs(x, rows))
                                 for rows in _chunks(sketch_rows, len(x), chunk)])                 # (n_sketch, d)
@@ -234,7 +240,7 @@ class PudNet(nn.Module):
             body[name] = whitened(body[name], self.patch_whitening(self._inputs(x, order[:WHITEN_IMAGES]),
                                                                    body[name].shape[-1]))
         if self.cfg.refine_steps:
-            body = self.refine_body(body, x, labels, num_classes, order, rank, chunk)
+            body = self.refine_body(body, x, labels, num_classes, order, rank, memory)
         sample_labels = labels if stats_rows is None else labels[stats_rows]
         modulate = None
         if self.cfg.conditioning == "activations":
@@ -273,12 +279,12 @@ class PudNet(nn.Module):
         return self.film[name.replace(".", "/")](z, labels, num_classes, state, weight, bias)
 
     def refine_body(self, body: dict[str, torch.Tensor], x: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                    order: torch.Tensor, rank: torch.Tensor, chunk: int) -> dict[str, torch.Tensor]:
+                    order: torch.Tensor, rank: torch.Tensor, memory: int) -> dict[str, torch.Tensor]:
         """The body after ``cfg.refine_steps`` steps on its split-half ridge loss over at most
-        ``cfg.refine_per_class`` images per class (and one chunk) of x, halves by the seeded rank's parity
+        ``cfg.refine_per_class`` images per class (and at most ``memory``) of x, halves by the seeded rank's parity
         (pudnet.model.refine); one method, so an ablation can feed it another dataset. With ``cfg.refine_layers``
         the stages before the refined ones run once, without autograd, and each step recomputes only the rest."""
-        n = min(int((rank < self.cfg.refine_per_class).sum()), chunk)      # order is by rank: a stratified prefix
+        n = min(int((rank < self.cfg.refine_per_class).sum()), memory)     # order is by rank: a stratified prefix
         rows = order[:n]
         half = rank[:n] % 2 == 1
         if half.all() or not half.any():                                    # one image per class: no split

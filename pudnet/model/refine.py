@@ -10,7 +10,7 @@ MAML (Finn et al. 2017), Meta-SGD (Li et al. 2017, learned per-parameter step si
 
 with w_l the weight of the layer that tensor l belongs to (its own, or a BatchNorm's for its bias, which starts
 at 0), so alpha is a step relative to the layer's scale. L_split is the ridge head's split-half loss on a seeded
-sample of at most ``refine_per_class`` support images per class (and one chunk): the head is fitted on one half
+sample of at most ``refine_per_class`` support images per class (and what ``memory_mb`` holds): the head is fitted on one half
 and scores the other, and the reverse. g is computed on a detached copy of theta (no second-order terms, and the
 same code at prediction under ``torch.no_grad``), so each step costs one forward and one backward pass of the
 target over the sample. The step sizes alpha start at ``refine_alpha_init`` (0: training starts from the
