@@ -15,6 +15,7 @@ from pudnet import PudNet  # noqa: E402
 from pudnet.model import checkpoint  # noqa: E402
 from tiny_runs import TINY, record, two_tiny_sources  # noqa: E402
 
+
 def tiny_checkpoint(base: Path, head: str) -> Path:
     """An untrained PudNet checkpoint with the record jobs/train.py writes, over two tiny sources."""
     roots, split = two_tiny_sources(base)

@@ -68,18 +68,16 @@ def foreign_conditioning(model, x: torch.Tensor, y: torch.Tensor, k: int, activa
     recorded, modulation, encode, refine = {}, model.modulation, model.encoder.forward, model.refine_body
     whitening = model.patch_whitening
     support_pass = model.target.support_pass
+    def recording(key, fn):
+        def call(*args):
+            recorded[key] = fn(*args)
+            return recorded[key]
+        return call
+    def replaying(key):
+        return lambda *args: recorded[key]
     def record(name, *args):
         recorded[name] = modulation(name, *args)
         return recorded[name]
-    def record_sketch(*args):
-        recorded["sketch"] = encode(*args)
-        return recorded["sketch"]
-    def record_refined(*args):
-        recorded["refined"] = refine(*args)
-        return recorded["refined"]
-    def record_whitening(*args):
-        recorded["whitening"] = whitening(*args)
-        return recorded["whitening"]
     def record_statistics(*args):
         recorded["statistics"], features = support_pass(*args)
         return recorded["statistics"], features
@@ -87,15 +85,15 @@ def foreign_conditioning(model, x: torch.Tensor, y: torch.Tensor, k: int, activa
         stats = recorded["statistics"]
         return stats, model.target.features({**body, **stats}, x)
     try:
-        model.modulation, model.encoder.forward, model.refine_body = record, record_sketch, record_refined
-        model.patch_whitening = record_whitening
+        model.modulation, model.encoder.forward = record, recording("sketch", encode)
+        model.refine_body, model.patch_whitening = recording("refined", refine), recording("whitening", whitening)
         model.target.support_pass = record_statistics
         with torch.no_grad():
             model(x, y, k)
-        model.encoder.forward = lambda *args: recorded["sketch"]
+        model.encoder.forward = replaying("sketch")
         model.modulation = (lambda name, *args: recorded[name]) if activations else modulation
-        model.refine_body = (lambda *args: recorded["refined"]) if activations else refine
-        model.patch_whitening = (lambda *args: recorded["whitening"]) if activations else whitening
+        model.refine_body = replaying("refined") if activations else refine
+        model.patch_whitening = replaying("whitening") if activations else whitening
         model.target.support_pass = foreign_statistics if statistics else support_pass
         yield
     finally:
