@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from pudnet import PudNet, PudNetConfig
+from pudnet.data.tasks import normalize
 from pudnet.model.meta import Episode, train_step
 from pudnet.model.predict import predict
 from pudnet.model.targets import build
@@ -88,7 +89,8 @@ def adam_row(arch: str, size: int, k: int, batch: int, repeats: int, target_kwar
     torch.manual_seed(0)
     net = build(arch, k, **target_kwargs).to(device()).train()
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
-    x = torch.randn(batch, 3, size, size, device=device())
+    pixels = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8))
+    x = normalize(pixels.to(device()), (0.5,) * 3, (0.5,) * 3)   # the layout every evaluated method trains on
     y = torch.randint(0, k, (batch,), device=device())
 
     def step():
