@@ -91,9 +91,11 @@ def test_whole_protocol_on_a_tiny_untrained_model_reports_every_method_curve_and
     assert png[:4] == b"\x89PNG" and len(png) > 10_000
 
 
-def test_adam_and_fine_tuning_seconds_count_their_steps_not_the_statistics_pass_that_reads_them_out(monkeypatch):
-    """The read-out (BatchNorm statistics recomputed on the support set) is evaluation: a clock that only moves
-    during it leaves Adam's and fine-tuning's seconds at zero, while PudNet's own statistics pass is timed."""
+def test_each_method_is_timed_on_its_own_work_not_on_read_out_or_scoring(monkeypatch):
+    """A fake clock moves by a different amount in each kind of work: 0.5 per optimiser step, 1 in PudNet's
+    statistics pass, 100 in a read-out (BatchNorm statistics recomputed on the support set), 1000 in scoring.
+    Adam's and fine-tuning's seconds are their steps'; a baseline's include its own statistics pass (its method)
+    but no scoring; PudNet's include its own pass."""
     from pudnet.evaluation import episodes
 
     class Clock:
@@ -104,27 +106,28 @@ def test_adam_and_fine_tuning_seconds_count_their_steps_not_the_statistics_pass_
 
     clock = Clock()
     monkeypatch.setattr(episodes, "time", clock)
+
+    def advancing(fn, seconds):
+        def call(*args, **kwargs):
+            clock.now += seconds
+            return fn(*args, **kwargs)
+        return call
     torch.manual_seed(0)
     model = PudNet(PudNetConfig(image_size=16, target_kwargs={"depth": 2, "width": 8}, encoder_width=4, hidden=8,
                                 layer_embedding=4, max_classes=5))
     evaluator = Evaluator(model, SGDSettings(batch_size=16, max_epochs=2, patience=2, finetune_steps=(1,),
                                              finetune_batch_size=16), seed=0)
-    read_out = evaluator._weights
-
-    def slow_read_out(net, x):
-        clock.now += 100.0
-        return read_out(net, x)
-    monkeypatch.setattr(evaluator, "_weights", slow_read_out)
-    pass_of = model.target.support_pass
-
-    def slow_support_pass(*args, **kwargs):
-        clock.now += 1.0
-        return pass_of(*args, **kwargs)
-    monkeypatch.setattr(model.target, "support_pass", slow_support_pass)
+    monkeypatch.setattr(episodes.F, "cross_entropy", advancing(episodes.F.cross_entropy, 0.5))
+    monkeypatch.setattr(model.target, "support_pass", advancing(model.target.support_pass, 1.0))
+    monkeypatch.setattr(evaluator, "_weights", advancing(evaluator._weights, 100.0))
+    monkeypatch.setattr(evaluator, "accuracy", advancing(evaluator.accuracy, 1000.0))
     task, rows = whole_task(*tiny_banks(), 10, 0.2, seed=0)
-    out = evaluator.run(task, 0, ("pudnet", "pudnet_ft1", "sgd_converged"), rows)
-    assert len(out.sgd_curve) == 3 and all(p.seconds == 0.0 for p in out.sgd_curve)
-    assert out.scores["pudnet"][1] >= 1.0 and out.scores["pudnet_ft1"][1] == out.scores["pudnet"][1]
+    out = evaluator.run(task, 0, ("ncm_pixels", "random_prototype", "linear_probe", "pudnet", "pudnet_ft1",
+                                  "sgd_converged"), rows)
+    assert [p.seconds for p in out.sgd_curve] == [0.5 * p.step for p in out.sgd_curve] and len(out.sgd_curve) == 3
+    assert out.scores["pudnet"][1] == 1.0 and out.scores["pudnet_ft1"][1] == 1.5
+    assert out.scores["ncm_pixels"][1] == 0.0
+    assert out.scores["random_prototype"][1] == out.scores["linear_probe"][1] == 101.0   # _weights runs a support pass
 
 
 def test_training_curves_skip_event_records_and_refuse_an_empty_log():
