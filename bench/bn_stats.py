@@ -4,9 +4,10 @@
     python bench/bn_stats.py --checkpoint runs/pudnet-resnet18 --out bench/results_bn_stats.md   # a trained model
 
 Prediction takes each BatchNorm layer's statistics from one pass over a seeded, class-stratified sample of at
-most ``stats_images`` support images (``PudNetConfig``'s default; at K=1000 that is fewer than one image per
-class), then fits the ridge head on every support image. This script predicts the same K-way task with the sample
-at 1 image per class, at the default, and over all N support images (exact, one pass), and
+most ``stats_images`` support images (128 by default; at K=1000 that is fewer than one image per class), then
+fits the ridge head on every support image. This script predicts the same K-way task with the sample at 1 image
+per class, at the model's ``stats_images``, at 512 (the default before commit 3bf1775) and over all N support
+images (exact, one pass), and
 scores each on held-out images of the same classes. Data: every embedded source in the cache, 32 px, classes
 with at least S + 10 images. Without ``--checkpoint`` the hypernetwork is untrained (a generated random body
 plus the fitted ridge head): the statistics still set the features the head is fitted on.
@@ -72,9 +73,9 @@ def main(argv: list[str] | None = None) -> None:
     if model.cfg.max_classes < k:
         raise ValueError(f"the checkpoint supports {model.cfg.max_classes} classes; this task has {k}")
     base = model.cfg
-    default = PudNetConfig().stats_images
-    variants = {f"sample of {k} (1 per class)": k, f"sample of {min(default, n)} (default)": default,
-                f"exact: all {n} support images": n}
+    variants = {f"sample of {k} (1 per class)": k,
+                f"sample of {min(base.stats_images, n)} (the model's stats_images)": base.stats_images,
+                f"sample of {min(512, n)} (the default before 3bf1775)": 512, f"exact: all {n} support images": n}
     rows, exact_stats = [], None
     for name, stats_images in reversed(variants.items()):  # exact first: the others are compared with it
         model.cfg = dataclasses.replace(base, stats_images=stats_images, memory_mb=max(base.memory_mb, 8192))

@@ -75,7 +75,7 @@ def foreign_conditioning(model, x: torch.Tensor, y: torch.Tensor, k: int, activa
         return call
     def replaying(key):
         return lambda *args: recorded[key]
-    def record(name, *args):
+    def record_modulation(name, *args):
         recorded[name] = modulation(name, *args)
         return recorded[name]
     def record_statistics(*args):
@@ -85,7 +85,7 @@ def foreign_conditioning(model, x: torch.Tensor, y: torch.Tensor, k: int, activa
         stats = recorded["statistics"]
         return stats, model.target.features({**body, **stats}, x)
     try:
-        model.modulation, model.encoder.forward = record, recording("sketch", encode)
+        model.modulation, model.encoder.forward = record_modulation, recording("sketch", encode)
         model.refine_body, model.patch_whitening = recording("refined", refine), recording("whitening", whitening)
         model.target.support_pass = record_statistics
         with torch.no_grad():

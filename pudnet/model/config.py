@@ -54,9 +54,11 @@ class PudNetConfig:
                                         # mean), a closed-form dependence of the body on the data; 0: off
     sketch_per_class: int = 16          # the dataset encoder reads at most this many support images per class
     stats_images: int = 128             # BatchNorm statistics come from at most this many support images
-    chunk_images: int = 64              # passes without autograd take at most this many images at a time: small
-                                        # chunks stay in a CPU's cache (2x faster than 512 at 32 px); raise on a GPU
-    memory_mb: int = 512                # support images pass through in chunks whose activations fit in this
+    chunk_images: int = 64              # passes that may be cut (the sketch, the head's features, scoring) take at
+                                        # most this many images at a time: small chunks stay in a CPU's cache
+                                        # (half the time per image of 512 at 32 px); a GPU may want more
+    memory_mb: int = 512                # what must be seen at once (the statistics sample, a refinement step), and
+                                        # every chunk, holds at most the images whose activations fit in this
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:

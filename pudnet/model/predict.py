@@ -59,8 +59,8 @@ def predict(model: PudNet, images: np.ndarray, labels: np.ndarray, class_names: 
     When every class has at least ``min_per_class`` images, ``self_check_fraction`` of each
     class is held out: weights come from the rest and are scored on it, so the caller knows
     how good the returned weights are. The head's row k is class ``class_names[k]``. Images pass
-    through the networks in chunks whose activations fit in ``memory_mb`` (default: the model's
-    ``cfg.memory_mb``); see ``PudNet.forward`` for which images each part reads.
+    through the networks in chunks (``PudNet.chunk_images``) whose activations fit in ``memory_mb`` (default:
+    the model's ``cfg.memory_mb``); see ``PudNet.forward`` for which images each part reads.
     """
     validate_dataset(model, images, labels, class_names)
     cfg, device = model.cfg, next(model.parameters()).device

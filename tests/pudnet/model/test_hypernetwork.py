@@ -162,6 +162,21 @@ def test_sketch_and_statistics_read_a_capped_seeded_sample_and_the_head_reads_ev
                                outputs[-1]["features.block1.norm.running_mean"])
 
 
+def test_chunks_cut_the_sketch_and_head_passes_but_not_the_statistics_sample():
+    """chunk_images bounds the passes that may be cut; the statistics sample is seen at once (memory_mb bounds it)."""
+    torch.manual_seed(0)
+    model = PudNet(PudNetConfig(**SMALL, sketch_per_class=4, stats_images=8, chunk_images=4)).eval()
+    assert model.chunk_images(4) == 4 and model.memory_images(4) == 16
+    encoded, normed = [], []
+    counting(model.encoder.cnn, encoded)
+    counting(model.target.module.get_submodule("features.block1.norm"), normed)
+    x, y = support(3, per_class=10)
+    with torch.no_grad():
+        model(x, y, 3, memory_mb=4)
+    assert sum(encoded) == 12 and max(encoded) == 4
+    assert normed[0] == 8 and max(normed[1:]) == 4 and sum(normed) == 30
+
+
 def test_streamed_head_equals_the_differentiable_one_and_pixels_equal_normalised_input():
     torch.manual_seed(0)
     model = PudNet(PudNetConfig(**SMALL, head="ridge", stats_images=16)).eval()
